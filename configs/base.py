@@ -1,0 +1,123 @@
+"""Shared base config. Experiment files start from `get_base()` and override.
+
+Sections, by concern (every experiment has all of them, so a key typed on the
+command line is checked against one schema):
+
+  task      "ddpm" | "denoiser" | "ebm" | "classifier"
+  seed      one integer; every random stream is derived from it
+  data      dataset name and preprocessing
+  model     network name and its fields (the task turns them into typed
+            module fields; the network never sees the ConfigDict)
+  diffusion DDPM noise schedule, objective, conditioning
+  ebm       Langevin dynamics, replay buffer, contrastive-divergence loss
+  optim     optimiser, learning-rate schedule, clipping, EMA
+  train     budgets and the cadence of logs, checkpoints and samples
+  guard     divergence guard (restore the last good checkpoint, lower the
+            learning rate, reseed) used by tasks that can blow up
+  sample    defaults of `--mode sample` and of the periodic sample grids
+  eval      evaluation protocol of `--mode evaluate`
+  bench     `--mode bench` sizes
+  mesh      device mesh
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "ddpm"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"        # fashion_mnist | mnist | cifar10
+  c.data.split = "train"
+  c.data.eval_split = "test"
+  c.data.pad_to_32 = False             # MNIST family: 28x28 -> 32x32 (pad with -1, black)
+  c.data.random_flip = False           # horizontal flips (the DDPM paper's CIFAR-10)
+  c.data.data_dir = ""                 # tfds data_dir; "" = tfds default (~/tensorflow_datasets)
+  c.data.manual_dir = ""               # IDX files of Fashion-MNIST/MNIST; "" = Debian's path
+  c.data.num_examples = -1             # >0: use only the first N examples (smoke runs)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet_small"
+  c.model.ch = 16                      # base width
+  c.model.ch_mult = (1, 2, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_resolutions = (16,)
+  c.model.dropout = 0.0
+  c.model.num_groups = 8
+  c.model.conditional = False          # class-conditional (label embedding)
+  c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "linear"      # linear | cosine
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+  c.diffusion.objective = "eps"        # eps | x0 | v
+  c.diffusion.class_dropout = 0.0      # label dropout for classifier-free guidance
+  c.diffusion.denoise_mix = 0.5        # denoiser task: x_in = (1-m) x0 + m eps
+
+  c.ebm = ml_collections.ConfigDict()
+  c.ebm.langevin_steps = 60
+  c.ebm.step_size = 10.0
+  c.ebm.noise_scale = 0.005
+  c.ebm.grad_clip = 0.03
+  c.ebm.buffer_size = 8192
+  c.ebm.reinit_fraction = 0.05
+  c.ebm.reg_alpha = 0.1
+  c.ebm.data_noise = 0.005
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"                # adam | adamw
+  c.optim.lr = 2e-4
+  c.optim.warmup_steps = 0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0              # global-norm clip; 0 = off
+  c.optim.ema_decay = 0.9999
+  c.optim.ema_warmup = True            # decay_t = min(decay, (1 + t) / (10 + t))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 10_000
+  c.train.batch_size = 128             # global batch, over all devices and hosts
+  c.train.log_every = 50
+  c.train.ckpt_every = 1000
+  c.train.keep_ckpts = 3
+  c.train.sample_every = 0             # 0 = only at the end
+  c.train.num_samples = 64
+  c.train.steps_per_dispatch = 1       # >1: that many train steps in one compiled scan
+
+  c.guard = ml_collections.ConfigDict()
+  c.guard.enabled = False
+  c.guard.bound = 1e4                  # |metric| above this (or non-finite) = diverged
+  c.guard.metrics = ("loss",)
+  c.guard.lr_factor = 0.5
+  c.guard.max_restarts = 3
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num = 64
+  c.sample.sampler = "ancestral"       # task-specific names (see the task)
+  c.sample.steps = 0                   # 0 = the task's default
+  c.sample.eta = 0.0
+  c.sample.variance = "beta"           # beta | beta_tilde
+  c.sample.clip_x0 = True
+  c.sample.label = -1                  # -1 = all classes in turn
+  c.sample.guidance = 1.0
+  c.sample.batch_size = 256
+  c.sample.use_ema = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 1000
+  c.eval.classifier_workdir = ""
+  c.eval.inception_weights = ""
+
+  c.bench = ml_collections.ConfigDict()
+  c.bench.batch_size = 0               # 0 = train.batch_size
+  c.bench.repeats = 10
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data_axis = "data"
+  return c
