@@ -1,0 +1,333 @@
+"""The one training loop, for every task.
+
+`train_and_evaluate(config, workdir)` builds the task's state abstract-first,
+resumes from the newest complete checkpoint in the workdir if there is one,
+and runs the task's jit-compiled `train_step` data-parallel over every device
+of a 1-D mesh. It owns every side effect: metric writers and the progress bar,
+checkpoints (every N steps, at the end, and on SIGTERM/SIGINT), sample grids
+and the loss curve, the non-finite check and the divergence guard. It never
+looks inside the task's parameters or extras.
+
+Workdir contract:
+  config.json           the resolved config of the latest start
+  checkpoints/<step>/   Orbax checkpoints (state, config, loop metadata)
+  metrics.jsonl         one JSON record per log step
+  tb/                   TensorBoard event files
+  samples/step_<N>.png  sample grids
+  figures/loss_curve.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+
+from launch import checkpoint as checkpoint_lib
+from launch import config as config_lib
+from launch import data as data_lib
+from launch import sharding
+from launch import tasks
+from launch import writers
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or a guarded metric became non-finite or exceeded its bound."""
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the loop needs about a prepared run (returned for tools and tests)."""
+  task: Any
+  mesh: jax.sharding.Mesh
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: jax.sharding.NamedSharding
+  keys: dict[str, jax.Array]
+
+
+def _keys(seed: int) -> dict[str, jax.Array]:
+  root = jax.random.key(seed)
+  init, train, sample = jax.random.split(root, 3)
+  return {"init": init, "train": train, "sample": sample}
+
+
+def example_batch(task, batch_size: int = 1) -> dict[str, np.ndarray]:
+  return {"image": np.zeros((batch_size, *task.image_shape), np.float32),
+          "label": np.zeros((batch_size,), np.int32)}
+
+
+def prepare(config) -> _Run:
+  """Builds the task, the mesh and the abstract state (no parameters yet)."""
+  task = tasks.build(config)
+  mesh = sharding.make_mesh(config.mesh.data_axis)
+  keys = _keys(config.seed)
+  abstract = jax.eval_shape(task.init_state, keys["init"], example_batch(task))
+  repl = sharding.replicated(mesh)
+  state_shardings = jax.tree.map(lambda _: repl, abstract)
+  return _Run(task=task, mesh=mesh, state_shardings=state_shardings, abstract_state=abstract,
+              batch_sharding=sharding.data_sharded(mesh), keys=keys)
+
+
+def init_state(run: _Run):
+  return jax.jit(run.task.init_state, out_shardings=run.state_shardings)(
+      run.keys["init"], example_batch(run.task))
+
+
+def restore_or_init(run: _Run, ckpt: checkpoint_lib.Checkpointer) -> tuple[Any, dict]:
+  """The newest complete checkpoint's state and loop metadata, or a fresh state."""
+  if ckpt.latest_step() is None:
+    return init_state(run), {"restarts": 0}
+  target = checkpoint_lib.abstract_with_shardings(run.abstract_state, run.state_shardings)
+  return ckpt.restore(target)
+
+
+def make_train_fn(task, state_shardings, batch_sharding, steps_per_dispatch: int) -> Callable:
+  """jit(train_step), or a `lax.scan` over `steps_per_dispatch` steps; state donated.
+
+  Returns a function (state, batches, key) -> (state, metrics [k]) where
+  batches have a leading axis of size k = steps_per_dispatch.
+  """
+  repl = sharding.replicated(batch_sharding.mesh)
+
+  def multi_step(state, batches, key):
+    if steps_per_dispatch == 1:
+      state, metrics = task.train_step(state, jax.tree.map(lambda b: b[0], batches), key)
+      return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(lambda s, b: task.train_step(s, b, key), state, batches)
+
+  return jax.jit(multi_step, in_shardings=(state_shardings, _stack_sharding(batch_sharding), repl),
+                 out_shardings=(state_shardings, repl), donate_argnums=0)
+
+
+def _stack_sharding(batch_sharding):
+  return jax.sharding.NamedSharding(
+      batch_sharding.mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec))
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and returns."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def install(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def uninstall(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _first_bad_step(history: list[tuple[int, dict[str, np.ndarray]]], guard) -> tuple[int, str, float] | None:
+  """(step, metric, value) of the first non-finite / out-of-bound metric, else None."""
+  guarded = set(guard.metrics) if guard.enabled else set()
+  for end_step, metrics in history:
+    k = len(next(iter(metrics.values())))
+    for i in range(k):
+      step = end_step - k + i + 1
+      for name, values in metrics.items():
+        value = float(values[i])
+        if name in ("loss", "grad_norm") or name in guarded:
+          if not np.isfinite(value):
+            return step, name, value
+          if name in guarded and abs(value) > guard.bound:
+            return step, name, value
+  return None
+
+
+def _sample_grid(run: _Run, config, state, workdir: epath.Path, step: int) -> None:
+  from launch import figures
+  if run.task.sample is None or not config.train.num_samples:
+    return
+  params = run.task.sample_params(state)
+  images = sample_images(run.task, params, run.keys["sample"], config.train.num_samples,
+                         run.task.sample_options(config))
+  if jax.process_index() == 0:
+    grid = figures.image_grid(figures.to_uint8(images), nrow=int(np.ceil(np.sqrt(len(images)))))
+    out = workdir / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    figures.save_png(grid, out / f"step_{step}.png")
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_sampler(task, num: int, options: tuple) -> Callable:
+  return jax.jit(functools.partial(task.sample, num=num, **dict(options)))
+
+
+def sample_images(task, params, key, num: int, options: dict) -> np.ndarray:
+  """Runs the task's compiled sampler; returns float images [num, H, W, C] on the host."""
+  fn = _compiled_sampler(task, num, tuple(sorted(options.items())))
+  out = fn(params, key)
+  images = out[0] if isinstance(out, tuple) else out
+  return np.asarray(jax.device_get(images))
+
+
+def _loss_curve(workdir: epath.Path) -> None:
+  from launch import figures
+  records = writers.read_metrics(workdir)
+  series = {}
+  for name in ("loss", "eval_loss", "energy_pos", "energy_neg"):
+    points = [(r["step"], r[name]) for r in records if name in r]
+    if points:
+      steps, values = zip(*points)
+      series[name] = (np.asarray(steps), np.asarray(values))
+  if series:
+    (workdir / "figures").mkdir(parents=True, exist_ok=True)
+    fig = figures.training_curves_figure(series, log_scale="loss" in series)
+    figures.save_figure(fig, workdir / "figures" / "loss_curve.png")
+
+
+def train_and_evaluate(config, workdir: str) -> Any:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint.
+
+  Returns:
+    The final `TrainState` (replicated over the mesh).
+
+  Raises:
+    TrainingDiverged: naming the step, when the loss or gradient norm is
+      non-finite (or a guarded metric diverges past the guard's restarts).
+      The last good checkpoint is kept.
+  """
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  run = prepare(config)
+  task, mesh = run.task, run.mesh
+  total = config.train.steps
+  k = config.train.steps_per_dispatch
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  source = data_lib.make_train_batches(
+      config.data, global_batch_size=config.train.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  if tuple(source.info.image_shape) != tuple(task.image_shape):
+    raise ValueError(f"data gives images of shape {source.info.image_shape} but the task "
+                     f"expects {task.image_shape}; check config.data.pad_to_32")
+
+  config_json = config_lib.to_json(config)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config_json)
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_ckpts)
+  state, meta = restore_or_init(run, ckpt)
+  restarts = int(meta.get("restarts", 0))
+  step = int(jax.device_get(state.step))
+  if step:
+    logging.info("Resumed from %s at step %d.", ckpt.directory, step)
+
+  train_fn = make_train_fn(task, run.state_shardings, run.batch_sharding, k)
+  stacked_sharding = _stack_sharding(run.batch_sharding)
+  writer = writers.MetricWriter(workdir)
+  progress = writers.Progress(total, step)
+  stop = _StopFlag().install()
+
+  def train_key():
+    return jax.random.fold_in(run.keys["train"], restarts) if restarts else run.keys["train"]
+
+  def save(at_step: int, force: bool = False):
+    ckpt.save(at_step, state, config_json, restarts, force=force)
+
+  key = train_key()
+  pending: list[tuple[int, dict]] = []
+  last_log_time, last_log_step = time.perf_counter(), step
+  batches = source.iterate(step)
+  try:
+    while step < total and stop.signal is None:
+      local = [next(batches)[1] for _ in range(min(k, total - step))]
+      if len(local) < k:  # the last dispatch of a run whose length is not a multiple of k
+        break
+      stacked = {name: np.stack([b[name] for b in local]) for name in local[0]}
+      state, metrics = train_fn(state, sharding.global_batch(stacked, stacked_sharding), key)
+      step += k
+      pending.append((step, metrics))
+
+      log_now = step % config.train.log_every == 0 if config.train.log_every else False
+      ckpt_now = step % config.train.ckpt_every == 0 if config.train.ckpt_every else False
+      if log_now or ckpt_now or step >= total:
+        history = [(s, jax.device_get(m)) for s, m in pending]
+        pending = []
+        bad = _first_bad_step(history, config.guard)
+        if bad is not None:
+          bad_step, name, value = bad
+          last_good = ckpt.latest_step()
+          can_restart = config.guard.enabled and restarts < config.guard.max_restarts
+          if not can_restart:
+            raise TrainingDiverged(
+                f"training diverged at step {bad_step}: {name}={value:g}"
+                + (f" (guard bound {config.guard.bound:g}, {restarts} restart(s) used)"
+                   if config.guard.enabled else "")
+                + f". The last good checkpoint (step {last_good}) is kept in {ckpt.directory}.")
+          restarts += 1
+          logging.warning("Diverged at step %d (%s=%g): restoring step %s, lr_scale x%g, "
+                          "reseeding (restart %d of %d).", bad_step, name, value,
+                          last_good if last_good is not None else "0 (initial state)",
+                          config.guard.lr_factor, restarts, config.guard.max_restarts)
+          ckpt.wait()
+          state, _ = restore_or_init(run, ckpt)
+          # lr_factor ** restarts: each restart lowers the rate further, also
+          # when it restores the same checkpoint as the previous one did.
+          state = state.replace(lr_scale=jnp.asarray(config.guard.lr_factor ** restarts,
+                                                     jnp.float32))
+          key = train_key()
+          step = int(jax.device_get(state.step))
+          batches = source.iterate(step)
+          writer.write(step, {"guard_restart": restarts, "lr_scale": float(state.lr_scale)})
+          continue
+        if log_now or step >= total:
+          now = time.perf_counter()
+          means = {name: float(np.mean(np.concatenate([m[name] for _, m in history])))
+                   for name in history[-1][1]}
+          means["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+          last_log_time, last_log_step = now, step
+          writer.write(step, means)
+          progress.update_to(step, {
+              "loss": means["loss"], "steps/s": means["steps_per_sec"]})
+        if ckpt_now and step < total:
+          save(step)
+          _loss_curve_safe(workdir)
+        if config.train.sample_every and step % config.train.sample_every == 0 and step < total:
+          _sample_grid(run, config, state, workdir, step)
+    if pending:  # stopped by a signal between log points: check before saving
+      history = [(s, jax.device_get(m)) for s, m in pending]
+      bad = _first_bad_step(history, config.guard)
+      if bad is not None:
+        raise TrainingDiverged(f"training diverged at step {bad[0]}: {bad[1]}={bad[2]:g}. "
+                               f"The last good checkpoint (step {ckpt.latest_step()}) is kept.")
+    if ckpt.latest_step() != step:
+      save(step, force=True)
+    ckpt.wait()
+    if stop.signal is not None:
+      logging.warning("Stopped by signal %d at step %d; checkpoint saved in %s.",
+                      stop.signal, step, ckpt.directory)
+    elif step >= total:
+      if jax.process_index() == 0:
+        _loss_curve_safe(workdir)
+      _sample_grid(run, config, state, workdir, step)
+  finally:
+    stop.uninstall()
+    progress.close()
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  return state
+
+
+def _loss_curve_safe(workdir: epath.Path) -> None:
+  if jax.process_index() == 0:
+    _loss_curve(workdir)
