@@ -48,13 +48,19 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.num_groups = 8
   c.model.conditional = False          # class-conditional (label embedding)
+  c.model.num_heads = 4                # attention heads (unet_small: 4; unet_ho: 1 in the paper)
+  c.model.bottleneck_dim = 256         # denoiser: width of the dense bottleneck
+  c.model.gelu_approximate = False     # unet_small: tanh GELU (faster on CPU, changes the model)
   c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.activation = "swish"         # EBM energy nets: swish | leaky_relu
+  c.model.spectral_norm = False        # EBM ResNet: spectral normalisation of every kernel
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"      # linear | cosine
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
+  c.diffusion.cosine_s = 0.008         # cosine schedule offset s (Nichol & Dhariwal)
   c.diffusion.objective = "eps"        # eps | x0 | v
   c.diffusion.class_dropout = 0.0      # label dropout for classifier-free guidance
   c.diffusion.denoise_mix = 0.5        # denoiser task: x_in = (1-m) x0 + m eps
@@ -68,6 +74,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.ebm.reinit_fraction = 0.05
   c.ebm.reg_alpha = 0.1
   c.ebm.data_noise = 0.005
+  c.ebm.noise_first = False            # Langevin: True = tutorial's order (noise, then gradient)
+  c.ebm.sample_steps = 256             # Langevin steps of sample() from noise when sample.steps = 0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"                # adam | adamw
@@ -102,6 +110,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.sample.sampler = "ancestral"       # task-specific names (see the task)
   c.sample.steps = 0                   # 0 = the task's default
   c.sample.eta = 0.0
+  c.sample.spacing = "uniform"         # ddim timestep spacing: uniform | quadratic
   c.sample.variance = "beta"           # beta | beta_tilde
   c.sample.clip_x0 = True
   c.sample.label = -1                  # -1 = all classes in turn

@@ -1,0 +1,344 @@
+"""Energy networks E_theta(x): images [B, H, W, C] in [-1, 1] -> energies [B].
+
+Sign convention (one for the whole package): every network here returns the
+energy E(x), which is LOW on data. The model density is p(x) ∝ exp(-E(x)), the
+score is -∇ₓE(x), Langevin dynamics descends E, and the OOD score of an input
+is its energy (higher = less likely).
+
+The UvA deep-learning tutorial 8 (and `CNNModel` of the PyTorch peer) outputs
+the opposite quantity f(x) = -E(x), a "score" that is high on data. `CNNEnergy`
+is a layer-for-layer transcription of that network and returns E(x) = -f(x):
+the same weights (moved to the NHWC/HWIO layouts) give the negated output, and
+the tutorial's loss (mean f(x⁻) - mean f(x⁺) + α·mean(f(x⁺)² + f(x⁻)²)) is
+exactly `ebm.losses.cd_loss` written with E.
+
+Networks are chosen by name from `NETWORKS` (`make_network(name, **fields)`);
+their fields are typed and they never see a config.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def swish(x: jax.Array) -> jax.Array:
+  """Swish / SiLU, x·sigmoid(x) (the tutorial's activation)."""
+  return x * jax.nn.sigmoid(x)
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+  """Leaky ReLU with slope 0.2 (IGEBM's alternative activation)."""
+  return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "swish": swish,
+    "leaky_relu": leaky_relu,
+}
+
+
+def _l2_normalize(v: jax.Array, eps: float = 1e-12) -> jax.Array:
+  return v * jax.lax.rsqrt(jnp.sum(v * v) + eps)
+
+
+def spectral_normalize(kernel: jax.Array, power_iterations: int) -> jax.Array:
+  """kernel / σ_max(kernel reshaped to [fan_in, fan_out]) (Miyato et al. 2018).
+
+  σ_max is estimated by power iteration from a fixed start vector, freshly at
+  every call, so the function is pure and needs no mutable state (Miyato et
+  al. keep the vector between steps and do one iteration per step). Power
+  iteration approaches σ_max from below, so the normalised kernel's norm is
+  at least 1 and close to it; the cost is negligible next to the
+  convolutions. The singular vectors are stop_gradient'ed, as in the paper.
+
+  Args:
+    kernel: [..., fan_out] weight (conv [kh, kw, c_in, c_out] or dense).
+    power_iterations: number of power iterations (≥ 1).
+
+  Returns:
+    The kernel divided by its estimated largest singular value.
+  """
+  w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+  u = _l2_normalize(jax.random.normal(jax.random.key(0), (w.shape[1],), jnp.float32))
+  v = _l2_normalize(w @ u)
+  for _ in range(power_iterations - 1):
+    u = _l2_normalize(w.T @ v)
+    v = _l2_normalize(w @ u)
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  sigma = v @ (w @ u)
+  return (kernel / sigma.astype(kernel.dtype)).astype(kernel.dtype)
+
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=_DIMENSION_NUMBERS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """2-D convolution, NHWC × HWIO -> NHWC, whose input gradient is fast on CPU.
+
+  Same values and gradients as `lax.conv_general_dilated`. Why: in the
+  Langevin chain ∇ₓE is taken inside `lax.scan` with the kernels loop
+  invariant; XLA then folds the kernel reversal and the in/out transpose of
+  the input-gradient convolution into the convolution itself (dimension
+  labels 01oi), and XLA:CPU runs that form on its slow generic path
+  (`outer_dimension_partitions`, see PERF_NOTES). Here the backward pass
+  flips and transposes the kernel explicitly behind an
+  `optimization_barrier`, so the input gradient is an ordinary HWIO
+  convolution (with lhs dilation for strides) on the library kernel: the
+  60-step tutorial chain ran ~1.3× faster on 2 CPU cores. The weight
+  gradient is JAX's own. Reverse mode only (no jvp), like any custom_vjp.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [kh, kw, C_in, C_out].
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)).
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  return _conv(x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, g):
+  x, kernel = residuals
+  flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  # Transposed-convolution padding: with output length m, stride s, the
+  # s-dilated gradient has length (m - 1)s + 1 and must map back to n.
+  pads = []
+  for n, m, k, s, (lo, _) in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], strides,
+                                 padding):
+    pads.append((k - 1 - lo, n - ((m - 1) * s + 1) + lo))
+  dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=strides,
+                                    dimension_numbers=_DIMENSION_NUMBERS)
+  _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, strides, padding), kernel)
+  return dx.astype(x.dtype), kernel_vjp(g)[0]
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class Conv(nn.Module):
+  """2-D convolution (params "kernel" [kh, kw, C_in, C_out], "bias"), with
+  optional spectral normalisation and the CPU-friendly gradient of `conv2d`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)); None = 'SAME' for odd kernels
+      at stride 1, i.e. (k - 1) / 2 on each side.
+    spectral_norm: divide the kernel by its largest singular value.
+    power_iterations: iterations of the σ_max estimate.
+    custom_grad: use `conv2d` (True) or plain `lax.conv_general_dilated`.
+    dtype: compute dtype.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: Sequence[Sequence[int]] | None = None
+  spectral_norm: bool = False
+  power_iterations: int = 5
+  custom_grad: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C_in] -> [B, H', W', features]."""
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    if self.spectral_norm:
+      kernel = spectral_normalize(kernel, self.power_iterations)
+    padding = self.padding
+    if padding is None:
+      padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    strides = tuple(int(s) for s in self.strides)
+    conv = conv2d if self.custom_grad else _conv
+    y = conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
+    return y + bias.astype(self.dtype)
+
+
+class SNDense(nn.Module):
+  """Dense layer with optional spectral normalisation (fields as `Conv`)."""
+  features: int
+  spectral_norm: bool = False
+  power_iterations: int = 5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, D] -> [B, features]."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    if self.spectral_norm:
+      kernel = spectral_normalize(kernel, self.power_iterations)
+    return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class CNNEnergy(nn.Module):
+  """The tutorial's small CNN energy (the PyTorch peer's `CNNModel`).
+
+  conv 5×5 s2 (c/2) → conv 3×3 s2 (c) → conv 3×3 s2 (2c) → conv 3×3 s2 (4c),
+  Swish after each; flatten [B, 2·2·4c] → dense 4c → Swish → dense 1, then
+  E = -output (see the module docstring). Spatial sizes 32 → 16 → 8 → 4 → 2.
+  A 28×28 input gets padding 4 in the first convolution instead of 2, as in
+  the tutorial's MNIST model, so it too becomes 16×16; any H = W ≤ 32 with
+  32 - H even works the same way. With c_hid = 32 there are 164,001
+  parameters for 3 channels and 163,201 for 1, exactly the peer's count.
+
+  The flatten is over NHWC (H, W, C order) where PyTorch flattens (C, H, W):
+  same parameter count and function class; porting torch weights permutes
+  the rows of the first dense kernel accordingly.
+
+  Attributes:
+    c_hid: hidden width c (the tutorial's `hidden_features`).
+    activation: name in `ACTIVATIONS`.
+    custom_grad: convolutions with the CPU-friendly input gradient
+      (`conv2d`); same values and gradients either way.
+    dtype: compute dtype (parameters stay float32; energies are float32).
+  """
+  c_hid: int = 32
+  activation: str = "swish"
+  custom_grad: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Energies of a batch.
+
+    Args:
+      x: images [B, H, W, C] in [-1, 1], H = W ≤ 32 with 32 - H even.
+
+    Returns:
+      E(x) [B], float32.
+    """
+    act = ACTIVATIONS[self.activation]
+    h_in = x.shape[1]
+    if x.shape[2] != h_in or h_in > 32 or (32 - h_in) % 2:
+      raise ValueError(f"CNNEnergy needs square images of side <= 32 with 32 - side even, "
+                       f"got {x.shape[1:3]}")
+    pad = 2 + (32 - h_in) // 2
+    c = self.c_hid
+    layers = ((c // 2, 5, pad), (c, 3, 1), (2 * c, 3, 1), (4 * c, 3, 1))
+    h = x.astype(self.dtype)
+    for i, (feats, k, p) in enumerate(layers):   # 16×16×c/2, 8×8×c, 4×4×2c, 2×2×4c
+      h = act(Conv(feats, (k, k), (2, 2), ((p, p), (p, p)), custom_grad=self.custom_grad,
+                   dtype=self.dtype, name=f"Conv_{i}")(h))
+    h = h.reshape(h.shape[0], -1)
+    h = act(nn.Dense(4 * c, dtype=self.dtype)(h))
+    f = nn.Dense(1, dtype=self.dtype)(h)[:, 0]
+    return -f.astype(jnp.float32)
+
+
+class EnergyResBlock(nn.Module):
+  """Pre-activation residual block: x + conv(act(conv(act(x)))).
+
+  The shortcut is a 1×1 convolution when the channel count changes. No
+  normalisation layers: batch statistics would couple the chains of a batch
+  and make E(x) depend on the other samples.
+  """
+  features: int
+  activation: str = "swish"
+  spectral_norm: bool = False
+  custom_grad: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C_in] -> [B, H, W, features]."""
+    act = ACTIVATIONS[self.activation]
+    conv = lambda k: Conv(self.features, (k, k), spectral_norm=self.spectral_norm,
+                          custom_grad=self.custom_grad, dtype=self.dtype)
+    h = conv(3)(act(x))
+    h = conv(3)(act(h))
+    shortcut = x if x.shape[-1] == self.features else conv(1)(x)
+    return shortcut + h
+
+
+class ResNetEnergy(nn.Module):
+  """IGEBM-style ResNet energy (Du & Mordatch 2019) for 32×32 images.
+
+  conv 3×3 (ch) → per stage s: `num_res_blocks` residual blocks of width
+  ch·ch_mult[s], then 2×2 average pooling → act → mean over space → dense 1.
+  With ch = 128, ch_mult = (1, 2, 2), num_res_blocks = 2 it is the layout of
+  IGEBM's CIFAR-10 ResNet (32 → 16 → 8 → 4). Returns E(x) directly.
+
+  Attributes:
+    ch: base width.
+    ch_mult: width multiplier per stage; each stage halves the resolution.
+    num_res_blocks: residual blocks per stage.
+    activation: name in `ACTIVATIONS` ("swish" or "leaky_relu").
+    spectral_norm: spectral normalisation of every conv and dense kernel.
+    custom_grad: convolutions with the CPU-friendly input gradient.
+    dtype: compute dtype.
+  """
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2)
+  num_res_blocks: int = 2
+  activation: str = "swish"
+  spectral_norm: bool = False
+  custom_grad: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Energies of a batch.
+
+    Args:
+      x: images [B, H, W, C] in [-1, 1].
+
+    Returns:
+      E(x) [B], float32.
+    """
+    act = ACTIVATIONS[self.activation]
+    h = Conv(self.ch, (3, 3), spectral_norm=self.spectral_norm, custom_grad=self.custom_grad,
+             dtype=self.dtype)(x)
+    for mult in self.ch_mult:
+      for _ in range(self.num_res_blocks):
+        h = EnergyResBlock(self.ch * mult, self.activation, self.spectral_norm,
+                           self.custom_grad, self.dtype)(h)
+      h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+    # IGEBM sums over space; the mean keeps E's scale independent of the
+    # resolution, so a fresh network's energies are O(1), not O(H·W).
+    h = jnp.mean(act(h), axis=(1, 2))   # [B, C]
+    e = SNDense(1, spectral_norm=self.spectral_norm, dtype=self.dtype)(h)[:, 0]
+    return e.astype(jnp.float32)
+
+
+# name -> network class; each takes only typed fields.
+NETWORKS: dict[str, type[nn.Module]] = {
+    "cnn_tutorial": CNNEnergy,
+    "resnet_igebm": ResNetEnergy,
+}
+
+
+def make_network(name: str, **fields) -> nn.Module:
+  """Instantiates the energy network registered as `name` with `fields`."""
+  if name not in NETWORKS:
+    raise KeyError(f"unknown energy network {name!r}; allowed: {sorted(NETWORKS)}")
+  return NETWORKS[name](**fields)
+
+
+def energy_fn_of(network: nn.Module, params) -> Callable[[jax.Array], jax.Array]:
+  """E(·) with `params` bound: images [B, H, W, C] -> energies [B]."""
+  return lambda x: network.apply({"params": params}, x)

@@ -1,0 +1,276 @@
+"""The "ebm" task: an energy-based model trained by contrastive divergence.
+
+`build(config)` validates every key the task reads (raising `ConfigError`
+that names the key), turns the config into typed objects (the energy network
+from `ebm.networks.NETWORKS`, the optimiser, `ebm.cd` settings) and returns an
+`EBMTask` implementing the task protocol of `launch.tasks`.
+
+Config keys read: data.name, data.pad_to_32; model.name, model.ch,
+model.ch_mult, model.num_res_blocks, model.activation, model.spectral_norm,
+model.dtype; ebm.*; optim.*; train.batch_size; sample.steps, sample.use_ema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddpm.train_state import TrainState, make_optimizer
+from ebm import cd
+from ebm import ood
+from ebm.networks import ACTIVATIONS, NETWORKS, energy_fn_of, make_network
+from launch.config_errors import ConfigError, check_choice, check_range
+
+# data.name -> (H, W, C) of the images the data pipeline yields.
+_DATA_SHAPES = {
+    "fashion_mnist": (28, 28, 1),
+    "mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _number(key: str, value: Any, *, integer: bool = False, lo=None, hi=None,
+            lo_open: bool = False, hi_open: bool = False):
+  """Checks that value is a real (or integer) number in range."""
+  ok = isinstance(value, numbers.Integral if integer else numbers.Real)
+  if not ok or isinstance(value, bool):
+    raise ConfigError(key, value, allowed="an integer" if integer else "a number")
+  return check_range(key, value, lo, hi, lo_open=lo_open, hi_open=hi_open)
+
+
+def _boolean(key: str, value: Any) -> bool:
+  return check_choice(key, value, (True, False))
+
+
+def _image_shape(data) -> tuple[int, int, int]:
+  name = check_choice("data.name", data.name, tuple(_DATA_SHAPES))
+  h, w, c = _DATA_SHAPES[name]
+  if _boolean("data.pad_to_32", data.pad_to_32):
+    h, w = max(h, 32), max(w, 32)
+  return h, w, c
+
+
+def _cnn_fields(model) -> dict[str, Any]:
+  return {"c_hid": _number("model.ch", model.ch, integer=True, lo=2)}
+
+
+def _resnet_fields(model) -> dict[str, Any]:
+  ch_mult = tuple(model.ch_mult)
+  if not ch_mult or not all(isinstance(m, numbers.Integral) and m >= 1 for m in ch_mult):
+    raise ConfigError("model.ch_mult", model.ch_mult, allowed="a non-empty tuple of integers >= 1")
+  return {
+      "ch": _number("model.ch", model.ch, integer=True, lo=1),
+      "ch_mult": ch_mult,
+      "num_res_blocks": _number("model.num_res_blocks", model.num_res_blocks, integer=True,
+                                lo=1),
+      "spectral_norm": _boolean("model.spectral_norm", model.spectral_norm),
+  }
+
+
+# network name -> typed fields from config.model (beyond activation and dtype).
+_NETWORK_FIELDS = {
+    "cnn_tutorial": _cnn_fields,
+    "resnet_igebm": _resnet_fields,
+}
+
+
+def _network_spec(model) -> tuple[str, dict[str, Any]]:
+  """Validated (name, typed fields) of the energy network."""
+  name = check_choice("model.name", model.name, tuple(sorted(NETWORKS)))
+  fields = _NETWORK_FIELDS[name](model)
+  fields["activation"] = check_choice("model.activation", model.activation,
+                                      tuple(sorted(ACTIVATIONS)))
+  fields["dtype"] = _DTYPES[check_choice("model.dtype", model.dtype, tuple(_DTYPES))]
+  return name, fields
+
+
+def _langevin(ebm_cfg, num_steps: int) -> cd.LangevinSettings:
+  grad_clip = _number("ebm.grad_clip", ebm_cfg.grad_clip, lo=0)
+  return cd.LangevinSettings(
+      num_steps=num_steps,
+      step_size=float(_number("ebm.step_size", ebm_cfg.step_size, lo=0, lo_open=True)),
+      noise_scale=float(_number("ebm.noise_scale", ebm_cfg.noise_scale, lo=0)),
+      grad_clip=float(grad_clip) if grad_clip > 0 else None,
+      noise_first=_boolean("ebm.noise_first", ebm_cfg.noise_first),
+  )
+
+
+def _optimizer_kwargs(optim) -> dict[str, Any]:
+  """Validated keyword arguments of `make_optimizer`."""
+  return dict(
+      name=check_choice("optim.name", optim.name, ("adam", "adamw")),
+      lr=float(_number("optim.lr", optim.lr, lo=0, lo_open=True)),
+      warmup_steps=_number("optim.warmup_steps", optim.warmup_steps, integer=True, lo=0),
+      b1=float(_number("optim.b1", optim.b1, lo=0, hi=1, hi_open=True)),
+      b2=float(_number("optim.b2", optim.b2, lo=0, hi=1, hi_open=True)),
+      weight_decay=float(_number("optim.weight_decay", optim.weight_decay, lo=0)),
+      grad_clip=float(_number("optim.grad_clip", optim.grad_clip, lo=0)))
+
+
+def _override(chain: cd.LangevinSettings, steps: int | None = None,
+              step_size: float | None = None, noise_scale: float | None = None,
+              grad_clip: float | None = None, noise_first: bool | None = None
+              ) -> cd.LangevinSettings:
+  """`chain` with the given options replaced (None = keep; grad_clip 0 = off)."""
+  changes = {"num_steps": steps, "step_size": step_size, "noise_scale": noise_scale,
+             "noise_first": noise_first}
+  changes = {k: v for k, v in changes.items() if v is not None}
+  if grad_clip is not None:
+    changes["grad_clip"] = float(grad_clip) if grad_clip > 0 else None
+  return dataclasses.replace(chain, **changes)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num", "network", "image_shape", "langevin_settings", "capture_every"))
+def _sample_jit(params, key, init, *, num, network, image_shape, langevin_settings,
+                capture_every):
+  return cd.sample(params, key, num, network=network, image_shape=image_shape,
+                   langevin_settings=langevin_settings, init=init,
+                   capture_every=capture_every)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "num", "network", "langevin_settings", "capture_every"))
+def _sample_from_buffer_jit(state, key, *, num, network, langevin_settings, capture_every):
+  return cd.sample_from_buffer(state, key, num, network=network,
+                               langevin_settings=langevin_settings,
+                               capture_every=capture_every)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EBMTask:
+  """The EBM task protocol over typed fields (see `launch.tasks`).
+
+  Attributes:
+    network: the energy network (E low on data).
+    tx: the optimiser (Adam, β1 = 0 in the EBM configs).
+    settings: contrastive-divergence settings, including the training chain.
+    sample_langevin: default chain of `sample` (long: ebm.sample_steps).
+    image_shape: (H, W, C).
+    buffer_size: replay-buffer slots N.
+    use_ema: `sample_params` returns the EMA parameters.
+    num_classes: 0 (unconditional).
+  """
+  network: nn.Module
+  tx: optax.GradientTransformation
+  settings: cd.CDSettings
+  sample_langevin: cd.LangevinSettings
+  image_shape: tuple[int, int, int]
+  buffer_size: int
+  use_ema: bool = False
+  num_classes: int = 0
+
+  def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    """Parameters, optimiser state and the buffer [N, H, W, C] ~ U[-1, 1]."""
+    return cd.init_state(key, batch, network=self.network, tx=self.tx,
+                         buffer_size=self.buffer_size)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One CD step; metrics: loss, cd, reg, energy_pos, energy_neg,
+    langevin_grad_norm, grad_norm."""
+    return cd.train_step(state, batch, key, network=self.network, tx=self.tx,
+                         settings=self.settings)
+
+  def sample(self, params: Any, key: jax.Array, num: int, *, steps: int | None = None,
+             step_size: float | None = None, noise_scale: float | None = None,
+             grad_clip: float | None = None, noise_first: bool | None = None,
+             capture_every: int = 0, init: jax.Array | None = None):
+    """Langevin samples from uniform noise (or from `init`), one compiled chain.
+
+    Args:
+      params: network parameters (`sample_params(state)`).
+      key: PRNG key.
+      num: number of images.
+      steps, step_size, noise_scale, grad_clip, noise_first: override the
+        default chain (ebm.sample_steps steps and the ebm.* settings);
+        grad_clip = 0 turns clipping off. None = default.
+      capture_every: c > 0 also returns every c-th state.
+      init: start states [num, H, W, C] instead of U[-1, 1].
+
+    Returns:
+      images [num, H, W, C] in [-1, 1]; with capture_every = c > 0, the pair
+      (images, trajectory [steps // c + 1, num, H, W, C]), trajectory[0] the
+      start.
+    """
+    chain = _override(self.sample_langevin, steps, step_size, noise_scale, grad_clip,
+                      noise_first)
+    return _sample_jit(params, key, init, num=num, network=self.network,
+                       image_shape=tuple(self.image_shape), langevin_settings=chain,
+                       capture_every=capture_every)
+
+  def sample_from_buffer(self, state: TrainState, key: jax.Array, num: int,
+                         steps: int = 0, *, capture_every: int = 0, **options):
+    """`num` distinct replay-buffer entries, continued for `steps` more steps.
+
+    The continuation uses `state.params` (which produced the buffer) and the
+    training chain's settings unless overridden by `options` (step_size,
+    noise_scale, grad_clip, noise_first). steps = 0 returns the entries as
+    they are. Returns as `sample`.
+    """
+    chain = _override(self.settings.langevin, steps, **options)
+    return _sample_from_buffer_jit(state, key, num=num, network=self.network,
+                                   langevin_settings=chain, capture_every=capture_every)
+
+  def sample_options(self, config) -> dict[str, Any]:
+    """Options of `sample` from config.sample (steps 0 = ebm.sample_steps)."""
+    steps = _number("sample.steps", config.sample.steps, integer=True, lo=0)
+    return {"steps": steps or self.sample_langevin.num_steps}
+
+  def sample_params(self, state: TrainState) -> Any:
+    """EMA parameters if sample.use_ema, else the current ones (as the tutorial)."""
+    return state.ema_params if self.use_ema else state.params
+
+  def energy(self, params: Any, x: jax.Array) -> jax.Array:
+    """E(x) [B] of images x [B, H, W, C] (low on data; the OOD score)."""
+    return self.network.apply({"params": params}, x)
+
+  def ood_evaluate(self, params: Any, x_in: jax.Array, key: jax.Array,
+                   batch_size: int = 256) -> dict[str, jax.Array]:
+    """AUROC of E as OOD score, test images vs `ebm.ood.make_ood_sets`."""
+    return _ood_jit(params, x_in, key, network=self.network, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("network", "batch_size"))
+def _ood_jit(params, x_in, key, *, network, batch_size):
+  return ood.ood_evaluate(energy_fn_of(network, params), x_in, key, batch_size)
+
+
+def build(config) -> EBMTask:
+  """Validates every key the task reads, then builds the EBM task."""
+  image_shape = _image_shape(config.data)
+  net_name, net_fields = _network_spec(config.model)
+  e = config.ebm
+  batch_size = _number("train.batch_size", config.train.batch_size, integer=True, lo=1)
+  buffer_size = _number("ebm.buffer_size", e.buffer_size, integer=True, lo=1)
+  if buffer_size < batch_size:
+    raise ConfigError("ebm.buffer_size", buffer_size,
+                      allowed=f"an integer >= train.batch_size ({batch_size})",
+                      reason="each step draws a batch of distinct buffer slots")
+  train_steps = _number("ebm.langevin_steps", e.langevin_steps, integer=True, lo=1)
+  sample_steps = _number("ebm.sample_steps", e.sample_steps, integer=True, lo=1)
+  settings = cd.CDSettings(
+      langevin=_langevin(e, train_steps),
+      reinit_fraction=float(_number("ebm.reinit_fraction", e.reinit_fraction, lo=0, hi=1)),
+      reg_alpha=float(_number("ebm.reg_alpha", e.reg_alpha, lo=0)),
+      data_noise=float(_number("ebm.data_noise", e.data_noise, lo=0)),
+      ema_decay=float(_number("optim.ema_decay", config.optim.ema_decay, lo=0, hi=1)),
+      ema_warmup=_boolean("optim.ema_warmup", config.optim.ema_warmup))
+  optimizer_kwargs = _optimizer_kwargs(config.optim)
+  _number("sample.steps", config.sample.steps, integer=True, lo=0)
+  use_ema = _boolean("sample.use_ema", config.sample.use_ema)
+  return EBMTask(
+      network=make_network(net_name, **net_fields),
+      tx=make_optimizer(**optimizer_kwargs),
+      settings=settings,
+      sample_langevin=dataclasses.replace(settings.langevin, num_steps=sample_steps),
+      image_shape=image_shape,
+      buffer_size=buffer_size,
+      use_ema=use_ema)
