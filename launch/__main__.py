@@ -1,7 +1,6 @@
 """Command line: `python -m launch --config configs/X.py[:variant] --workdir DIR [--mode M]`.
 
-Modes: train (default; resumes automatically), sample, evaluate, figures,
-serve, bench. Any config key can be overridden: `--config.train.steps=100`.
+Modes: train (default; resumes automatically), sample, evaluate, serve. Any config key can be overridden: `--config.train.steps=100`.
 Multi-host (TPU VM pods, GPU clusters): add `--multihost` on every host (or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
@@ -19,7 +18,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with :variant.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
-_MODE = flags.DEFINE_string("mode", "train", "train | sample | evaluate | figures | serve | bench")
+_MODE = flags.DEFINE_string("mode", "train", "train | sample | evaluate | serve")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() with autodetection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
@@ -34,9 +33,7 @@ MODES = {
     "train": "launch.train:train_and_evaluate",
     "sample": "launch.sample:sample_to_workdir",
     "evaluate": "launch.evaluate:evaluate_workdir",
-    "figures": "launch.figure_mode:figures_for_workdir",
     "serve": "launch.serve:serve",
-    "bench": "launch.bench:bench",
 }
 
 
