@@ -1,0 +1,48 @@
+# The two commands of the README:
+#   make demo   set up, train the small real default on Fashion-MNIST, write samples and plots
+#   make test   set up and run the tests
+# Everything is installed into ./.venv from PyPI (and Debian's dataset-fashion-mnist via apt).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/ddpm_fashion_mnist.py
+WORKDIR ?= runs/ddpm_fashion_mnist
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+
+.PHONY: setup data demo train figures test test-slow clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[serve,test,torch]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian's dataset-fashion-mnist puts the original IDX files in $(FMNIST_DIR).
+# Without apt, download them yourself and pass --config.data.manual_dir=DIR.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST not found in $(FMNIST_DIR) and no apt-get: put the four IDX .gz files in a directory and add --config.data.manual_dir=DIR"; exit 1; fi
+
+train: setup data
+	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR)
+
+figures: setup
+	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) --mode figures
+
+demo: train figures
+
+test: setup data
+	$(PY) -m pytest -q
+
+test-slow: setup data
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .jax_cache
