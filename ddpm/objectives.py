@@ -1,0 +1,123 @@
+"""Training objectives: what the network predicts, and the loss.
+
+With x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (0-based t, see
+`ddpm.schedules`) the network predicts one of
+
+  "eps": eps (Ho et al.'s Algorithm 1, the simple loss),
+  "x0":  x0,
+  "v":   v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0 (Salimans & Ho),
+
+and any prediction converts to the others given x_t.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ddpm import schedules
+from ddpm.schedules import Schedule
+
+OBJECTIVES = ("eps", "x0", "v")
+
+
+def _coefs(schedule: Schedule, t: jax.Array, ndim: int) -> tuple[jax.Array, jax.Array]:
+  """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), shaped [B, 1, 1, 1]."""
+  return (schedules.gather(schedule.sqrt_alpha_bars, t, ndim),
+          schedules.gather(schedule.sqrt_one_minus_alpha_bars, t, ndim))
+
+
+def eps_to_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+  """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+  a, s = _coefs(schedule, t, x_t.ndim)
+  return (x_t - s * eps) / a
+
+
+def x0_to_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+  """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)."""
+  a, s = _coefs(schedule, t, x_t.ndim)
+  return (x_t - a * x0) / s
+
+
+def v_target(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+  """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0."""
+  a, s = _coefs(schedule, t, x0.ndim)
+  return a * eps - s * x0
+
+
+def v_to_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+  """x0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
+  a, s = _coefs(schedule, t, x_t.ndim)
+  return a * x_t - s * v
+
+
+def v_to_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+  """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
+  a, s = _coefs(schedule, t, x_t.ndim)
+  return s * x_t + a * v
+
+
+def target(objective: str, schedule: Schedule, x0: jax.Array, t: jax.Array,
+           eps: jax.Array) -> jax.Array:
+  """The regression target of `objective` for (x0, eps) at timesteps t."""
+  if objective == "eps":
+    return eps
+  if objective == "x0":
+    return x0
+  if objective == "v":
+    return v_target(schedule, x0, t, eps)
+  raise ValueError(f"unknown objective {objective!r}; allowed: {OBJECTIVES}")
+
+
+def output_to_eps(objective: str, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                  out: jax.Array) -> jax.Array:
+  """eps_hat from the network output `out` of the given objective."""
+  if objective == "eps":
+    return out
+  if objective == "x0":
+    return x0_to_eps(schedule, x_t, t, out)
+  if objective == "v":
+    return v_to_eps(schedule, x_t, t, out)
+  raise ValueError(f"unknown objective {objective!r}; allowed: {OBJECTIVES}")
+
+
+def drop_labels(key: jax.Array, label: jax.Array, p: float, null_label: int) -> jax.Array:
+  """Replaces each label by `null_label` with probability p (classifier-free guidance).
+
+  Args:
+    key: PRNG key.
+    label: [B] int labels.
+    p: drop probability.
+    null_label: the "no label" index (num_classes).
+
+  Returns:
+    [B] int32 labels.
+  """
+  drop = jax.random.bernoulli(key, p, label.shape)
+  return jnp.where(drop, null_label, label).astype(jnp.int32)
+
+
+def diffusion_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: Schedule,
+                   x0: jax.Array, key: jax.Array, *, objective: str = "eps") -> jax.Array:
+  """Monte-Carlo estimate of the simple loss (Algorithm 1) for one batch.
+
+  t ~ U{0, ..., T-1} (0-based), eps ~ N(0, I), x_t by `q_sample`, and the
+  mean squared error between model_fn(x_t, t) and the objective's target.
+
+  Args:
+    model_fn: (x_t [B, H, W, C], t [B] int32) -> [B, H, W, C] prediction.
+    schedule: the noise schedule.
+    x0: [B, H, W, C] data.
+    key: PRNG key (split for t and eps).
+    objective: "eps", "x0" or "v".
+
+  Returns:
+    Scalar float32 loss (mean over every pixel of the batch).
+  """
+  k_t, k_eps = jax.random.split(key)
+  t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+  eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+  x_t = schedules.q_sample(schedule, x0, t, eps)
+  out = model_fn(x_t, t).astype(jnp.float32)
+  return jnp.mean(jnp.square(out - target(objective, schedule, x0, t, eps)))

@@ -1,0 +1,483 @@
+"""The "ddpm" and "denoiser" tasks.
+
+`build(config)` validates every key it reads (raising `ConfigError` naming
+the key) and returns a task object with typed fields:
+
+  DDPMTask      Ho et al.'s DDPM: eps / x0 / v objective, optional class
+                conditioning with label dropout for classifier-free guidance,
+                ancestral / deterministic / DDIM samplers.
+  DenoiserTask  the one-step 50/50 denoiser ("ink blot" baseline): predicts
+                x0 from (1 - m) x0 + m eps, m = diffusion.denoise_mix.
+
+Config keys read, per network (model.*): unet_ho: ch, ch_mult,
+num_res_blocks, attn_resolutions, dropout, num_groups, num_heads;
+simple_unet: ch, ch_mult, dropout, num_groups (sinusoid 2 ch, time MLP 8 ch);
+unet_small: ch (the width), num_heads, gelu_approximate; denoiser: ch,
+ch_mult, bottleneck_dim, dropout, num_groups. All: conditional, dtype.
+
+Sample options of `DDPMTask.sample` (all keyword):
+  sampler        "ancestral" (Algorithm 2), "deterministic" (Algorithm 2
+                 with z = 0) or "ddim".
+  steps          DDIM steps (0 = T); the other samplers take all T steps.
+  eta            DDIM stochasticity in [0, 1].
+  spacing        DDIM timestep spacing, "uniform" or "quadratic".
+  variance       sigma_t^2 of the ancestral samplers: "beta" or "beta_tilde".
+  clip_x0        clip the predicted x0 to [-1, 1] at every step.
+  label          None (conditional models: classes in turn, i mod 10), an int
+                 for every sample, or an int array [num]; must be None for
+                 unconditional models. num_classes is the null label.
+  guidance       classifier-free guidance scale s (1 = the conditional model
+                 exactly, 0 = the unconditional one).
+  capture_every  0, or k > 0 to also return the chain every k steps.
+  noise          optional [num, H, W, C] starting noise x_T (default: drawn
+                 from `key`), so figures can start several models from the
+                 same noise.
+
+Return convention (both tasks): images float32 [num, H, W, C] clipped to
+[-1, 1]; with capture_every = k > 0 a tuple (images, trajectory) where
+trajectory [ceil(n_steps / k), num, H, W, C] holds the raw (unclipped) chain
+after every k steps, its last entry being the final x_0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ddpm import networks
+from ddpm import objectives
+from ddpm import samplers
+from ddpm import schedules
+from ddpm.train_state import TrainState, make_optimizer
+from launch.config_errors import ConfigError, check_choice, check_range
+
+NUM_CLASSES = 10
+_IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def image_shape(data_config) -> tuple[int, int, int]:
+  """(H, W, C) of the images `config.data` yields (MNIST family: 32 x 32 with pad_to_32)."""
+  name = check_choice("data.name", data_config.name, tuple(_IMAGE_SHAPES))
+  h, w, c = _IMAGE_SHAPES[name]
+  if c == 1 and data_config.pad_to_32:
+    h, w = 32, 32
+  return h, w, c
+
+
+# ---------------------------------------------------------------------------
+# Config -> typed network fields (the network never sees the ConfigDict).
+
+_NETWORK_FIELDS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "unet_ho": lambda m: dict(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+                              num_groups=m.num_groups, num_heads=m.num_heads),
+    "simple_unet": lambda m: dict(ch=m.ch, ch_mult=tuple(m.ch_mult), time_embed_dim=2 * m.ch,
+                                  temb_dim=8 * m.ch, num_groups=m.num_groups, dropout=m.dropout),
+    "unet_small": lambda m: dict(width=m.ch, num_heads=m.num_heads,
+                                 gelu_approximate=bool(m.gelu_approximate)),
+    "denoiser": lambda m: dict(ch=m.ch, ch_mult=tuple(m.ch_mult), bottleneck_dim=m.bottleneck_dim,
+                               num_groups=m.num_groups, dropout=m.dropout),
+}
+
+
+def make_network(config) -> nn.Module:
+  """The network of a validated config, with typed fields."""
+  m = config.model
+  return networks.get(m.name)(
+      out_ch=image_shape(config.data)[-1],
+      num_classes=NUM_CLASSES if m.conditional else 0,
+      null_label=bool(m.conditional and config.diffusion.class_dropout > 0),
+      dtype=_DTYPES[m.dtype],
+      **_NETWORK_FIELDS[m.name](m))
+
+
+# ---------------------------------------------------------------------------
+# Validation (before anything is built).
+
+def _check_int(key: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ConfigError(key, value, reason="must be an integer")
+  return check_range(key, int(value), lo, hi)
+
+
+def _check_ints(key: str, values: Any, lo: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
+  try:
+    values = tuple(values)
+  except TypeError:
+    raise ConfigError(key, values, reason="must be a sequence of integers") from None
+  if not values and not allow_empty:
+    raise ConfigError(key, values, reason="must not be empty")
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+      raise ConfigError(key, values, reason=f"must be integers >= {lo}")
+  return values
+
+
+def _validate_model(config, shape: tuple[int, int, int]) -> None:
+  m = config.model
+  allowed = ("denoiser",) if config.task == "denoiser" else networks.TIME_CONDITIONED
+  check_choice("model.name", m.name, allowed)
+  check_choice("model.dtype", m.dtype, tuple(_DTYPES))
+  ch = _check_int("model.ch", m.ch, 1)
+  check_range("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
+  heads = _check_int("model.num_heads", m.num_heads, 1)
+  if m.name == "unet_small":
+    for c in (2 * ch, 4 * ch):
+      if c % heads:
+        raise ConfigError("model.num_heads", heads,
+                          reason=f"must divide the attention widths {2 * ch} and {4 * ch}")
+    return
+  mult = _check_ints("model.ch_mult", m.ch_mult)
+  groups = _check_int("model.num_groups", m.num_groups, 1)
+  widths = sorted({ch} | {ch * k for k in mult})
+  if any(c % groups for c in widths):
+    raise ConfigError("model.num_groups", groups, reason=f"must divide every width {widths}")
+  if m.name == "denoiser":
+    _check_int("model.bottleneck_dim", m.bottleneck_dim, 1)
+    return
+  downsamplings = len(mult) - 1 if m.name == "unet_ho" else len(mult)
+  if shape[0] % 2 ** downsamplings or shape[1] % 2 ** downsamplings:
+    raise ConfigError("model.ch_mult", mult,
+                      reason=f"{downsamplings} downsamplings need H, W divisible by "
+                             f"{2 ** downsamplings}, images are {shape[:2]} "
+                             "(see data.pad_to_32)")
+  if m.name == "unet_ho":
+    _check_int("model.num_res_blocks", m.num_res_blocks, 1)
+    _check_ints("model.attn_resolutions", m.attn_resolutions, allow_empty=True)
+    attn_widths = sorted({ch * k for k in mult})
+    if any(c % heads for c in attn_widths):
+      raise ConfigError("model.num_heads", heads, reason=f"must divide every width {attn_widths}")
+
+
+def _validate_sample(config, conditional: bool, null_label: bool) -> None:
+  s = config.sample
+  num_timesteps = config.diffusion.num_timesteps
+  sampler = check_choice("sample.sampler", s.sampler, samplers.SAMPLERS)
+  steps = _check_int("sample.steps", s.steps, 0, num_timesteps)
+  if sampler != "ddim" and steps not in (0, num_timesteps):
+    raise ConfigError("sample.steps", steps,
+                      reason=f"only the 'ddim' sampler takes fewer than T={num_timesteps} steps")
+  check_range("sample.eta", s.eta, 0.0, 1.0)
+  check_choice("sample.variance", s.variance, samplers.VARIANCES)
+  check_choice("sample.spacing", s.spacing, samplers.SPACINGS)
+  if sampler == "ddim":
+    try:
+      samplers.ddim_timesteps(num_timesteps, steps or num_timesteps, s.spacing)
+    except ValueError as e:
+      raise ConfigError("sample.steps", steps, reason=str(e)) from None
+  check_range("sample.guidance", s.guidance, 0.0, 100.0)
+  if s.guidance != 1.0 and not null_label:
+    raise ConfigError("sample.guidance", s.guidance,
+                      reason="guidance != 1 needs model.conditional=True and "
+                             "diffusion.class_dropout > 0 (a null label)")
+  _validate_label(s.label, conditional, null_label)
+
+
+def _validate_label(label: Any, conditional: bool, null_label: bool) -> None:
+  if conditional:
+    _check_int("sample.label", label, -1, NUM_CLASSES if null_label else NUM_CLASSES - 1)
+  elif label != -1:
+    raise ConfigError("sample.label", label, allowed=(-1,),
+                      reason="the model is unconditional (model.conditional=False)")
+
+
+def validate(config) -> None:
+  """Checks every key the task reads; raises ConfigError naming the first bad one."""
+  check_choice("task", config.task, ("ddpm", "denoiser"))
+  shape = image_shape(config.data)
+  _validate_model(config, shape)
+  d = config.diffusion
+  conditional = bool(config.model.conditional)
+  check_range("diffusion.class_dropout", d.class_dropout, 0.0, 1.0, hi_open=True)
+  if d.class_dropout > 0 and not conditional:
+    raise ConfigError("diffusion.class_dropout", d.class_dropout,
+                      reason="label dropout needs model.conditional=True")
+  null_label = conditional and d.class_dropout > 0
+  if config.task == "ddpm":
+    check_choice("diffusion.schedule", d.schedule, schedules.names())
+    _check_int("diffusion.num_timesteps", d.num_timesteps, 1, 100_000)
+    check_range("diffusion.beta_start", d.beta_start, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("diffusion.beta_end", d.beta_end, d.beta_start, 1.0, hi_open=True)
+    check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
+    check_choice("diffusion.objective", d.objective, objectives.OBJECTIVES)
+    _validate_sample(config, conditional, null_label)
+  else:
+    check_range("diffusion.denoise_mix", d.denoise_mix, 0.0, 1.0, lo_open=True)
+    _validate_label(config.sample.label, conditional, null_label)
+  o = config.optim
+  check_choice("optim.name", o.name, ("adam", "adamw"))
+  check_range("optim.lr", o.lr, 0.0, None, lo_open=True)
+  _check_int("optim.warmup_steps", o.warmup_steps, 0)
+  check_range("optim.b1", o.b1, 0.0, 1.0, hi_open=True)
+  check_range("optim.b2", o.b2, 0.0, 1.0, hi_open=True)
+  check_range("optim.weight_decay", o.weight_decay, 0.0)
+  check_range("optim.grad_clip", o.grad_clip, 0.0)
+  check_range("optim.ema_decay", o.ema_decay, 0.0, 1.0)
+  _check_int("train.batch_size", config.train.batch_size, 1)
+
+
+# ---------------------------------------------------------------------------
+# Tasks.
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class _Task:
+  """What both tasks share: network, optimiser, EMA, labels.
+
+  Attributes:
+    network: the flax module.
+    image_shape: (H, W, C).
+    num_classes: 10 for class-conditional models, 0 otherwise.
+    null_label: the network has a null-label embedding (index num_classes).
+    class_dropout: probability of replacing a training label by the null one.
+    tx: the optax optimiser.
+    lr: peak learning rate; warmup_steps: its linear warm-up (for the metric).
+    ema_decay, ema_warmup: see `ddpm.train_state.ema_decay_at`.
+  """
+  network: nn.Module
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  null_label: bool
+  class_dropout: float
+  tx: optax.GradientTransformation
+  lr: float
+  warmup_steps: int
+  ema_decay: float
+  ema_warmup: bool
+
+  def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    """Fresh parameters (from one example of `batch`), optimiser state and EMA."""
+    x = jnp.zeros((1,) + tuple(batch["image"].shape[1:]), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+    # The parameter draws use XLA's RngBitGenerator ("rbg"), seeded from `key`:
+    # threefry inlines a large program per parameter, which made init 3x slower
+    # to compile on CPU. The initial values may differ between backends.
+    init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
+    params = self.network.init({"params": init_key}, x, t, label, train=False)["params"]
+    return TrainState.create(params, self.tx)
+
+  def sample_params(self, state: TrainState) -> Any:
+    return state.ema_params
+
+  def _train_labels(self, key: jax.Array, batch: dict[str, jax.Array]) -> jax.Array | None:
+    if not self.num_classes:
+      return None
+    label = batch["label"].astype(jnp.int32)
+    if self.class_dropout > 0:
+      label = objectives.drop_labels(key, label, self.class_dropout, self.num_classes)
+    return label
+
+  def _update(self, state: TrainState, loss_fn: Callable[[Any], jax.Array]):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    new_state = state.apply_gradients(grads, self.tx, self.ema_decay, self.ema_warmup)
+    if self.warmup_steps:
+      lr = self.lr * jnp.minimum(state.step, self.warmup_steps) / self.warmup_steps
+    else:
+      lr = jnp.asarray(self.lr)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr * state.lr_scale}
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  def _sample_labels(self, label: Any, num: int) -> jax.Array | None:
+    """The [num] int32 labels of a sample call (see the module docstring)."""
+    if not self.num_classes:
+      if label is not None and not (isinstance(label, (int, np.integer)) and label == -1):
+        raise ValueError("label must be None: the model is unconditional")
+      return None
+    if label is None or (isinstance(label, (int, np.integer)) and label == -1):
+      return jnp.arange(num, dtype=jnp.int32) % self.num_classes
+    if isinstance(label, (int, np.integer)):
+      top = self.num_classes if self.null_label else self.num_classes - 1
+      if not 0 <= label <= top:
+        raise ValueError(f"label must be in [0, {top}], got {label}")
+      return jnp.full((num,), label, jnp.int32)
+    label = jnp.asarray(label, jnp.int32)
+    if label.shape != (num,):
+      raise ValueError(f"label must have shape ({num},), got {label.shape}")
+    return label
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class DDPMTask(_Task):
+  """Ho et al.'s DDPM. See the module docstring for the sample options.
+
+  Attributes (besides `_Task`'s):
+    schedule: the noise schedule (T = schedule.num_timesteps).
+    objective: "eps", "x0" or "v".
+  """
+  schedule: schedules.Schedule
+  objective: str
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on the simple loss (Algorithm 1) of `batch`.
+
+    Args:
+      state: the train state.
+      batch: {"image": [B, H, W, C] in [-1, 1], "label": [B] int}.
+      key: the run's constant train key; the step's randomness is
+        fold_in(key, state.step).
+
+    Returns:
+      (new state, {"loss", "grad_norm", "lr"} float32 scalars).
+    """
+    key = jax.random.fold_in(key, state.step)
+    k_loss, k_dropout, k_label = jax.random.split(key, 3)
+    x0 = batch["image"].astype(jnp.float32)
+    label = self._train_labels(k_label, batch)
+
+    def loss_fn(params):
+      def model_fn(x_t, t):
+        return self.network.apply({"params": params}, x_t, t, label, train=True,
+                                  rngs={"dropout": k_dropout})
+      return objectives.diffusion_loss(model_fn, self.schedule, x0, k_loss,
+                                       objective=self.objective)
+
+    return self._update(state, loss_fn)
+
+  def eps_fn(self, params: Any, label: jax.Array | None = None,
+             guidance: float | jax.Array = 1.0) -> samplers.EpsFn:
+    """The (guided) eps prediction (x_t, t) -> eps_hat of the network at `params`."""
+    def model_fn(x_t, t, lab):
+      out = self.network.apply({"params": params}, x_t, t, lab, train=False)
+      return objectives.output_to_eps(self.objective, self.schedule, x_t, t, out)
+    if label is None:
+      return lambda x_t, t: model_fn(x_t, t, None)
+    return samplers.guided_eps_fn(model_fn, label, self.num_classes, guidance)
+
+  def sample(self, params: Any, key: jax.Array, num: int, *, sampler: str = "ancestral",
+             steps: int = 0, eta: float = 0.0, spacing: str = "uniform",
+             variance: str = "beta", clip_x0: bool = True, label: Any = None,
+             guidance: float = 1.0, capture_every: int = 0, noise: jax.Array | None = None):
+    """`num` samples; see the module docstring for options and return value."""
+    if sampler not in samplers.SAMPLERS:
+      raise ValueError(f"unknown sampler {sampler!r}; allowed: {samplers.SAMPLERS}")
+    num_timesteps = self.schedule.num_timesteps
+    if sampler != "ddim" and steps not in (0, num_timesteps):
+      raise ValueError(f"only the 'ddim' sampler takes steps != T={num_timesteps}")
+    labels = self._sample_labels(label, num)
+    static_one = isinstance(guidance, (int, float)) and guidance == 1
+    if not static_one and not self.null_label:
+      raise ValueError("guidance != 1 needs a conditional model trained with label dropout")
+    return _sample_ddpm(self, params, key, labels, None if static_one else guidance, eta,
+                        noise, num=num, sampler=sampler, steps=int(steps), spacing=spacing,
+                        variance=variance, clip_x0=bool(clip_x0),
+                        capture_every=int(capture_every))
+
+  def sample_options(self, config) -> dict[str, Any]:
+    """The options of `sample` from config.sample (label -1 -> None)."""
+    s = config.sample
+    return dict(sampler=s.sampler, steps=int(s.steps), eta=float(s.eta), spacing=s.spacing,
+                variance=s.variance, clip_x0=bool(s.clip_x0),
+                label=None if s.label == -1 else int(s.label), guidance=float(s.guidance))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "num", "sampler", "steps", "spacing", "variance", "clip_x0", "capture_every"))
+def _sample_ddpm(task: DDPMTask, params, key, labels, guidance, eta, noise, *, num, sampler,
+                 steps, spacing, variance, clip_x0, capture_every):
+  k_init, k_chain = jax.random.split(key)
+  if noise is None:
+    x_T = jax.random.normal(k_init, (num,) + tuple(task.image_shape), jnp.float32)
+  else:
+    x_T = jnp.asarray(noise, jnp.float32)
+  eps_fn = task.eps_fn(params, labels, 1.0 if guidance is None else guidance)
+  if sampler == "ddim":
+    out = samplers.ddim_sample(eps_fn, task.schedule, x_T, k_chain, num_steps=steps or None,
+                               eta=eta, spacing=spacing, clip_x0=clip_x0,
+                               capture_every=capture_every)
+  else:
+    out = samplers.ancestral_sample(eps_fn, task.schedule, x_T, k_chain, variance=variance,
+                                    clip_x0=clip_x0, deterministic=sampler == "deterministic",
+                                    capture_every=capture_every)
+  if capture_every:
+    return jnp.clip(out[0], -1.0, 1.0), out[1]
+  return jnp.clip(out, -1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class DenoiserTask(_Task):
+  """The one-step denoiser: x0_hat = net((1 - m) x0 + m eps), MSE to x0.
+
+  Attributes (besides `_Task`'s):
+    denoise_mix: m (0.5 in the course).
+  """
+  denoise_mix: float
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on mean (net((1 - m) x0 + m eps) - x0)^2; see `DDPMTask.train_step`."""
+    key = jax.random.fold_in(key, state.step)
+    k_eps, k_dropout, k_label = jax.random.split(key, 3)
+    x0 = batch["image"].astype(jnp.float32)
+    label = self._train_labels(k_label, batch)
+    eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+    x_in = (1.0 - self.denoise_mix) * x0 + self.denoise_mix * eps
+
+    def loss_fn(params):
+      x0_hat = self.network.apply({"params": params}, x_in, None, label, train=True,
+                                  rngs={"dropout": k_dropout})
+      return jnp.mean(jnp.square(x0_hat - x0))
+
+    return self._update(state, loss_fn)
+
+  def sample(self, params: Any, key: jax.Array, num: int, *, noise: jax.Array | None = None,
+             x0: jax.Array | None = None, label: Any = None) -> jax.Array:
+    """One denoising step from pure noise: the "ink blots".
+
+    Args:
+      params: network parameters.
+      key: PRNG key of the noise (unused when `noise` is given).
+      num: number of images.
+      noise: optional [num, H, W, C] eps, e.g. the x_T given to a DDPM, so
+        both start from the same noise.
+      x0: optional [num, H, W, C] clean images: then the input is the
+        training mix (1 - m) x0 + m eps (a denoising demo) instead of eps.
+      label: as for `DDPMTask.sample`.
+
+    Returns:
+      [num, H, W, C] x0_hat clipped to [-1, 1].
+    """
+    eps = (jax.random.normal(key, (num,) + tuple(self.image_shape), jnp.float32)
+           if noise is None else jnp.asarray(noise, jnp.float32))
+    x_in = eps if x0 is None else (1.0 - self.denoise_mix) * x0 + self.denoise_mix * eps
+    labels = self._sample_labels(label, num)
+    out = self.network.apply({"params": params}, x_in, None, labels, train=False)
+    return jnp.clip(out, -1.0, 1.0)
+
+  def sample_options(self, config) -> dict[str, Any]:
+    return {} if not self.num_classes else {
+        "label": None if config.sample.label == -1 else int(config.sample.label)}
+
+
+def build(config) -> _Task:
+  """Validates `config` and builds its DDPMTask or DenoiserTask."""
+  validate(config)
+  o = config.optim
+  conditional = bool(config.model.conditional)
+  common = dict(
+      network=make_network(config),
+      image_shape=image_shape(config.data),
+      num_classes=NUM_CLASSES if conditional else 0,
+      null_label=bool(conditional and config.diffusion.class_dropout > 0),
+      class_dropout=float(config.diffusion.class_dropout),
+      tx=make_optimizer(name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, b1=o.b1, b2=o.b2,
+                        weight_decay=o.weight_decay, grad_clip=o.grad_clip),
+      lr=float(o.lr),
+      warmup_steps=int(o.warmup_steps),
+      ema_decay=float(o.ema_decay),
+      ema_warmup=bool(o.ema_warmup),
+  )
+  if config.task == "denoiser":
+    return DenoiserTask(denoise_mix=float(config.diffusion.denoise_mix), **common)
+  d = config.diffusion
+  schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
+                                     beta_end=d.beta_end, cosine_s=d.cosine_s)
+  return DDPMTask(schedule=schedule, objective=d.objective, **common)

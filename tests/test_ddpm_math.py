@@ -1,0 +1,165 @@
+"""DDPM maths: time embedding, schedules, forward process, objectives."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm import embedding
+from ddpm import objectives
+from ddpm import schedules
+
+
+def test_interleaved_embedding_matches_the_course_formula():
+  emb = embedding.sinusoidal_embedding(jnp.array([1.0]), 8, layout="interleaved")
+  np.testing.assert_allclose(
+      emb[0], [0.841471, 0.540302, 0.0998334, 0.995004, 0.00999983, 0.99995, 0.001, 0.9999995],
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("freq_shift", [0, 1])
+def test_concat_embedding_against_numpy(freq_shift):
+  t = np.array([0.0, 1.0, 17.0, 999.0])
+  dim, half = 16, 8
+  freqs = np.exp(-math.log(10000) * np.arange(half) / (half - freq_shift))
+  args = t[:, None] * freqs[None]
+  want = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+  got = embedding.sinusoidal_embedding(jnp.asarray(t), dim, freq_shift=freq_shift)
+  assert got.shape == (4, dim)
+  np.testing.assert_allclose(got, want, atol=2e-4)   # float32 angles up to ~1000 rad
+  inter = embedding.sinusoidal_embedding(jnp.asarray(t), dim, layout="interleaved",
+                                         freq_shift=freq_shift)
+  np.testing.assert_array_equal(inter[:, 0::2], got[:, :half])
+  np.testing.assert_array_equal(inter[:, 1::2], got[:, half:])
+
+
+def _linear64():
+  return schedules.tables_from_betas(schedules.linear_betas(1000))
+
+
+def test_linear_schedule_values_against_float64():
+  tables = _linear64()
+  np.testing.assert_allclose(tables["alpha_bars"][999], 4.035829765e-05, rtol=1e-9)
+  np.testing.assert_allclose(tables["posterior_variance"][487], 0.009791571986, rtol=1e-9)
+  s = schedules.make_schedule("linear", 1000)
+  assert s.num_timesteps == 1000 and s.betas.dtype == jnp.float32
+  np.testing.assert_allclose(s.betas[[0, 999]], [1e-4, 0.02], rtol=1e-6)
+  for name, table in tables.items():
+    np.testing.assert_allclose(getattr(s, name), table.astype(np.float32), rtol=1e-6,
+                               err_msg=name)
+  np.testing.assert_allclose(s.alpha_bars[999], 4.035829765e-05, rtol=1e-5)
+  np.testing.assert_allclose(s.posterior_variance[487], 0.009791571986, rtol=1e-6)
+
+
+def test_posterior_identities():
+  tb = _linear64()
+  # Mean of q(x_{t-1} | x_t, x0) at x_t = sqrt(alpha_bar_t) x0 is sqrt(alpha_bar_{t-1}) x0.
+  np.testing.assert_allclose(
+      tb["posterior_mean_coef1"] + tb["posterior_mean_coef2"] * np.sqrt(tb["alpha_bars"]),
+      np.sqrt(tb["alpha_bars_prev"]), rtol=1e-12)
+  assert tb["posterior_variance"][0] == 0.0
+  np.testing.assert_allclose(tb["posterior_log_variance_clipped"][0],
+                             np.log(tb["posterior_variance"][1]))
+  assert np.all(tb["posterior_variance"][1:] <= tb["betas"][1:])
+
+
+def test_cosine_schedule_against_float64():
+  num_timesteps, s = 1000, 0.008
+  f = lambda u: np.cos((u / num_timesteps + s) / (1 + s) * np.pi / 2) ** 2
+  alpha_bar = f(np.arange(1, num_timesteps + 1)) / f(0)
+  betas = schedules.cosine_betas(num_timesteps, s)
+  assert betas.max() <= 0.999 and betas.min() > 0
+  unclipped = betas < 0.999
+  np.testing.assert_allclose(np.cumprod(1 - betas)[unclipped], alpha_bar[unclipped], rtol=1e-9)
+  sched = schedules.make_schedule("cosine", num_timesteps)
+  np.testing.assert_allclose(sched.alpha_bars[:900], alpha_bar[:900].astype(np.float32),
+                             rtol=1e-5)
+
+
+def test_unknown_schedule_raises():
+  with pytest.raises(ValueError, match="unknown schedule"):
+    schedules.make_schedule("quadratic", 10)
+
+
+def test_q_sample_closed_form_matches_iterated_forward_process():
+  """x_t from the closed form and from t one-step updates agree in distribution."""
+  sched = schedules.make_schedule("linear", 1000)
+  x0 = jnp.array([-1.0, -0.2, 0.5, 1.0])
+  n = 20_000
+  check = jnp.array([99, 499, 999])
+
+  def step(x, inp):
+    beta, key = inp
+    x = jnp.sqrt(1 - beta) * x + jnp.sqrt(beta) * jax.random.normal(key, x.shape)
+    return x, x
+
+  keys = jax.random.split(jax.random.key(0), 1000)
+  _, xs = jax.lax.scan(step, jnp.broadcast_to(x0, (n, 4)), (sched.betas, keys))
+  for t in check:
+    iterated = xs[t]
+    closed = schedules.q_sample(sched, jnp.broadcast_to(x0, (n, 4)), jnp.full((n,), t),
+                                jax.random.normal(jax.random.key(int(t)), (n, 4)))
+    for x in (iterated, closed):
+      np.testing.assert_allclose(x.mean(0), sched.sqrt_alpha_bars[t] * x0, atol=0.03)
+      np.testing.assert_allclose(x.var(0), 1 - sched.alpha_bars[t], atol=0.03)
+
+
+def test_q_sample_and_posterior_shapes():
+  sched = schedules.make_schedule("linear", 100)
+  x0 = jnp.ones((3, 4, 4, 2))
+  t = jnp.array([0, 50, 99])
+  noise = jnp.zeros_like(x0)
+  x_t = schedules.q_sample(sched, x0, t, noise)
+  np.testing.assert_allclose(x_t[:, 0, 0, 0], sched.sqrt_alpha_bars[np.asarray(t)], rtol=1e-6)
+  mean, var, log_var = schedules.q_posterior(sched, x0, x_t, t)
+  assert mean.shape == x0.shape and var.shape == (3, 1, 1, 1) and log_var.shape == (3, 1, 1, 1)
+  np.testing.assert_allclose(mean[:, 0, 0, 0], np.sqrt(np.asarray(sched.alpha_bars_prev)[t]),
+                             rtol=1e-5)
+
+
+def test_objective_conversions_against_float64():
+  sched = schedules.make_schedule("linear", 1000)
+  tables = _linear64()
+  rng = np.random.default_rng(0)
+  x0 = rng.uniform(-1, 1, (6, 3, 3, 2))
+  eps = rng.standard_normal((6, 3, 3, 2))
+  t = np.array([1, 10, 100, 500, 900, 999])
+  a = np.sqrt(tables["alpha_bars"][t])[:, None, None, None]
+  s = np.sqrt(1 - tables["alpha_bars"][t])[:, None, None, None]
+  x_t = a * x0 + s * eps
+  v = a * eps - s * x0
+  f32 = lambda z: jnp.asarray(z, jnp.float32)
+  tj = jnp.asarray(t)
+  np.testing.assert_allclose(schedules.q_sample(sched, f32(x0), tj, f32(eps)), x_t, atol=1e-5)
+  np.testing.assert_allclose(objectives.v_target(sched, f32(x0), tj, f32(eps)), v, atol=1e-5)
+  np.testing.assert_allclose(objectives.eps_to_x0(sched, f32(x_t), tj, f32(eps)), x0, atol=2e-4)
+  np.testing.assert_allclose(objectives.x0_to_eps(sched, f32(x_t), tj, f32(x0)), eps, atol=2e-4)
+  np.testing.assert_allclose(objectives.v_to_x0(sched, f32(x_t), tj, f32(v)), x0, atol=1e-5)
+  np.testing.assert_allclose(objectives.v_to_eps(sched, f32(x_t), tj, f32(v)), eps, atol=1e-5)
+  for name, out in (("eps", eps), ("x0", x0), ("v", v)):
+    np.testing.assert_allclose(objectives.target(name, sched, f32(x0), tj, f32(eps)), out,
+                               atol=1e-5)
+    np.testing.assert_allclose(objectives.output_to_eps(name, sched, f32(x_t), tj, f32(out)),
+                               eps, atol=2e-4, err_msg=name)
+
+
+def test_drop_labels():
+  label = jnp.arange(1000) % 10
+  key = jax.random.key(0)
+  np.testing.assert_array_equal(objectives.drop_labels(key, label, 0.0, 10), label)
+  np.testing.assert_array_equal(objectives.drop_labels(key, label, 1.0, 10), 10)
+  dropped = objectives.drop_labels(key, label, 0.3, 10)
+  assert 0.25 < float(jnp.mean(dropped == 10)) < 0.35
+  kept = dropped != 10
+  np.testing.assert_array_equal(dropped[kept], label[kept])
+
+
+@pytest.mark.parametrize("objective, want", [("eps", 1.0), ("x0", 1.0 / 3.0)])
+def test_diffusion_loss_of_the_zero_predictor(objective, want):
+  """E[eps^2] = 1; E[x0^2] = 1/3 for x0 ~ U(-1, 1)."""
+  sched = schedules.make_schedule("linear", 1000)
+  x0 = jax.random.uniform(jax.random.key(1), (64, 8, 8, 1), minval=-1, maxval=1)
+  loss = objectives.diffusion_loss(lambda x_t, t: jnp.zeros_like(x_t), sched, x0,
+                                   jax.random.key(2), objective=objective)
+  np.testing.assert_allclose(loss, want, rtol=0.05)

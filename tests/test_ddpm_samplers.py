@@ -1,0 +1,122 @@
+"""Samplers: DDIM / ancestral equivalence, Gaussian data, trajectory capture, guidance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm import samplers
+from ddpm import schedules
+
+MU, SIGMA = 0.3, 0.5   # the data distribution N(MU, SIGMA^2 I)
+
+
+def _gaussian_eps_fn(schedule):
+  """The optimal eps predictor E[eps | x_t] for x0 ~ N(MU, SIGMA^2 I)."""
+  def eps_fn(x_t, t):
+    a = jnp.asarray(schedule.alpha_bars)[t].reshape(-1, 1, 1, 1)
+    return jnp.sqrt(1 - a) * (x_t - jnp.sqrt(a) * MU) / (a * SIGMA ** 2 + 1 - a)
+  return eps_fn
+
+
+def _nonlinear_eps_fn(schedule):
+  gauss = _gaussian_eps_fn(schedule)
+  return lambda x_t, t: gauss(x_t, t) + 0.1 * jnp.tanh(3 * x_t) * (t[:, None, None, None] / 1000)
+
+
+def test_ddim_timesteps():
+  np.testing.assert_array_equal(samplers.ddim_timesteps(1000, 1000), np.arange(1000))
+  seq = samplers.ddim_timesteps(1000, 50)
+  assert len(seq) == 50 and seq[0] == 0 and seq[-1] == 999 and np.all(np.diff(seq) > 0)
+  quad = samplers.ddim_timesteps(1000, 100, "quadratic")
+  assert len(quad) == 100 and np.all(np.diff(quad) > 0) and quad[-1] < 1000
+  assert np.diff(quad)[-1] > np.diff(quad)[0]
+  with pytest.raises(ValueError):
+    samplers.ddim_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_ddim_eta1_stride1_equals_ancestral_beta_tilde(clip_x0):
+  sched = schedules.make_schedule("linear", 1000)
+  eps_fn = _nonlinear_eps_fn(sched)
+  x_T = jax.random.normal(jax.random.key(0), (8, 4, 4, 1))
+  key = jax.random.key(1)
+  run = jax.jit(lambda x, k: (
+      samplers.ancestral_sample(eps_fn, sched, x, k, variance="beta_tilde", clip_x0=clip_x0),
+      samplers.ddim_sample(eps_fn, sched, x, k, num_steps=1000, eta=1.0, clip_x0=clip_x0)))
+  ancestral, ddim = run(x_T, key)
+  assert float(jnp.std(ancestral)) > 0.1
+  np.testing.assert_allclose(ddim, ancestral, atol=1e-4, rtol=1e-4)
+
+
+def _moments(x):
+  return float(jnp.mean(x)), float(jnp.std(x))
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("ancestral", dict(variance="beta")),
+    ("ancestral", dict(variance="beta_tilde")),
+    ("ddim", dict(num_steps=50, eta=0.0)),
+    ("ddim", dict(num_steps=100, eta=1.0, spacing="quadratic")),
+])
+def test_samplers_reproduce_gaussian_data(name, kwargs):
+  sched = schedules.make_schedule("linear", 1000)
+  x_T = jax.random.normal(jax.random.key(2), (4000, 2, 2, 1))
+  fn = samplers.ancestral_sample if name == "ancestral" else samplers.ddim_sample
+  x0 = jax.jit(lambda x, k: fn(_gaussian_eps_fn(sched), sched, x, k, **kwargs))(
+      x_T, jax.random.key(3))
+  mean, std = _moments(x0)
+  assert abs(mean - MU) < 0.02, (mean, std)
+  assert abs(std - SIGMA) < 0.03, (mean, std)
+
+
+def test_deterministic_ancestral_ignores_the_key():
+  sched = schedules.make_schedule("linear", 100)
+  eps_fn = _nonlinear_eps_fn(sched)
+  x_T = jax.random.normal(jax.random.key(0), (4, 2, 2, 1))
+  run = jax.jit(lambda k: samplers.ancestral_sample(eps_fn, sched, x_T, k, deterministic=True))
+  np.testing.assert_array_equal(run(jax.random.key(1)), run(jax.random.key(2)))
+
+
+def test_trajectory_capture():
+  sched = schedules.make_schedule("linear", 100)
+  eps_fn = _nonlinear_eps_fn(sched)
+  x_T = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+  key = jax.random.key(1)
+
+  @jax.jit
+  def run(x):
+    plain = samplers.ancestral_sample(eps_fn, sched, x, key)
+    final, traj = samplers.ancestral_sample(eps_fn, sched, x, key, capture_every=10)
+    d_plain = samplers.ddim_sample(eps_fn, sched, x, key, num_steps=10, eta=0.5)
+    d_final, d_traj = samplers.ddim_sample(eps_fn, sched, x, key, num_steps=10, eta=0.5,
+                                           capture_every=4)
+    first10 = samplers.ancestral_sample(eps_fn, sched, x, key, capture_every=10)[1][0]
+    return plain, final, traj, d_plain, d_final, d_traj, first10
+
+  plain, final, traj, d_plain, d_final, d_traj, first10 = run(x_T)
+  assert traj.shape == (10, 3, 2, 2, 1)
+  np.testing.assert_array_equal(final, plain)
+  np.testing.assert_array_equal(traj[-1], final)
+  assert d_traj.shape == (3, 3, 2, 2, 1)         # ceil(10 / 4) captures, after 4, 8, 10 steps
+  np.testing.assert_allclose(d_final, d_plain, atol=1e-6)
+  np.testing.assert_array_equal(d_traj[-1], d_final)
+  np.testing.assert_array_equal(first10, traj[0])
+  assert float(jnp.std(traj[0] - traj[-1])) > 0.01
+
+
+def test_guided_eps_fn():
+  def model_fn(x, t, label):
+    return x * (1.0 + label[:, None, None, None].astype(jnp.float32)) + t[:, None, None, None]
+
+  x = jax.random.normal(jax.random.key(0), (4, 2, 2, 1))
+  t = jnp.arange(4)
+  label = jnp.array([0, 1, 2, 3])
+  cond = model_fn(x, t, label)
+  uncond = model_fn(x, t, jnp.full_like(label, 10))
+  np.testing.assert_array_equal(samplers.guided_eps_fn(model_fn, label, 10, 1.0)(x, t), cond)
+  np.testing.assert_array_equal(
+      jax.jit(lambda s: samplers.guided_eps_fn(model_fn, label, 10, s)(x, t))(1.0), cond)
+  np.testing.assert_allclose(samplers.guided_eps_fn(model_fn, label, 10, 0.0)(x, t), uncond,
+                             atol=1e-5)
+  np.testing.assert_allclose(samplers.guided_eps_fn(model_fn, label, 10, 3.0)(x, t),
+                             uncond + 3.0 * (cond - uncond), atol=1e-4)
