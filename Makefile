@@ -12,7 +12,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: setup data demo train figures test test-slow clean
+.PHONY: setup data demo train sample test test-slow clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,12 @@ data:
 train: setup data
 	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR)
 
-figures: setup
-	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) --mode figures
+sample: setup
+	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) --mode sample
 
-demo: train figures
+# Training writes samples/step_<N>.png and figures/loss_curve.png; sample adds
+# a grid + .npz of config.sample.num samples from the EMA weights.
+demo: train sample
 
 test: setup data
 	$(PY) -m pytest -q

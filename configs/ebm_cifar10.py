@@ -18,6 +18,10 @@ Variants (`--config configs/ebm_cifar10.py:ARG`):
          of the ResNet: the configuration the PyTorch peer benchmarks.
   smoke  seconds: a tiny ResNet (width 8, one stage), batch 8, buffer 32,
          5 Langevin steps, 64 examples.
+
+Commands:
+  python -m launch --config configs/ebm_cifar10.py:cnn --workdir /tmp/ebm_cifar10_cnn
+  python -m launch --config configs/ebm_cifar10.py:smoke --workdir /tmp/ebm_cifar10_smoke
 """
 from __future__ import annotations
 

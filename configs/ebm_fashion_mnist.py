@@ -20,6 +20,9 @@ guard is on: the tutorial's energies stay within a few units, so |loss| or
 
 Variants (`--config configs/ebm_fashion_mnist.py:ARG`):
   smoke  seconds: c_hid 8, batch 8, buffer 32, 5 Langevin steps, 64 examples.
+
+Commands:
+  python -m launch --config configs/ebm_fashion_mnist.py:smoke --workdir /tmp/ebm_fashion_mnist_smoke
 """
 from __future__ import annotations
 

@@ -10,14 +10,15 @@ from launch import config as config_lib
 from launch.config_errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Experiment configs (configs/serve.py is the server's own schema, tested with it).
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py")
-                 if p.stem not in ("__init__", "base"))
+                 if p.stem not in ("__init__", "base", "serve"))
 
 
 def _variants(path: pathlib.Path) -> list[str]:
   """Variants named in the config's docstring (`configs/x.py:variant`)."""
   text = path.read_text()
-  names = set(re.findall(rf"{re.escape(path.name)}:(\w+)", text))
+  names = set(re.findall(rf"{re.escape(path.name)}:([a-z][a-z0-9_]*)", text))
   return [""] + sorted(names)
 
 
