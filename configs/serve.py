@@ -1,0 +1,70 @@
+"""The HTTP server: which trained models it serves, where, and its limits.
+
+Serve the Fashion-MNIST DDPM that `make demo` trains into runs/ddpm_fashion_mnist:
+  python -m launch.serve --config configs/serve.py
+
+Serve every default CPU run (each workdir needs a checkpoint):
+  python -m launch.serve --config configs/serve.py:all
+
+Any key can be overridden: `--config.port=8080`,
+`--config.models.ddpm_fashion_mnist.workdir=/path/to/run`. The server
+itself is `launch/serve.py`; one trained workdir can also be served with
+`python -m launch --mode serve --config configs/X.py --workdir DIR`.
+
+Sections:
+  host, port   where uvicorn listens (127.0.0.1: this machine only).
+  models       name -> {config, workdir, use_ema}. `config` is the experiment
+               config spec the workdir was trained with ("path.py[:variant]"),
+               or "" to read WORKDIR/config.json; `use_ema` samples with the
+               EMA parameters. Names are what requests use in "model".
+  limits       what one request may ask for, and the queue (see launch/serve.py).
+  warmup       programs compiled at start, before /health reports ready:
+               "all" (every sampler at its default steps, every bucket),
+               "default" (the config's sampler only) or "none" (on demand).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+_MODELS = {
+    "ddpm_fashion_mnist": ("configs/ddpm_fashion_mnist.py", "runs/ddpm_fashion_mnist"),
+    "ebm_fashion_mnist": ("configs/ebm_fashion_mnist.py", "runs/ebm_fashion_mnist"),
+    "ddpm_mnist_conditional": ("configs/ddpm_mnist_conditional.py",
+                               "runs/ddpm_mnist_conditional"),
+}
+_VARIANTS = ("all",)
+
+
+def model(config: str, workdir: str, use_ema: bool = True) -> ml_collections.ConfigDict:
+  """One entry of `models`."""
+  return ml_collections.ConfigDict({"config": config, "workdir": workdir, "use_ema": use_ema})
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The serve config; arg None (the Fashion-MNIST DDPM) or "all" (every default run)."""
+  c = ml_collections.ConfigDict()
+  c.host = "127.0.0.1"
+  c.port = 8000
+  c.log_level = "info"
+
+  c.models = ml_collections.ConfigDict()
+  names = ("ddpm_fashion_mnist",) if not arg else tuple(_MODELS)
+  if arg and arg not in _VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of serve (allowed: {', '.join(_VARIANTS)})")
+  for name in names:
+    c.models[name] = model(*_MODELS[name])
+
+  c.limits = ml_collections.ConfigDict()
+  # Requests are padded to the smallest bucket that holds them (and batched up
+  # to the largest): one compiled program per (model, sampler, steps, bucket).
+  c.limits.buckets = (1, 4, 16, 64)    # the largest is the most images per request
+  c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
+  c.limits.max_step_size = 100.0       # EBM Langevin step size
+  c.limits.max_guidance = 20.0         # classifier-free guidance scale
+  c.limits.queue_size = 32             # waiting requests; beyond: 429 + Retry-After
+  c.limits.timeout_s = 120.0           # per request, queueing and sampling; then 503
+  c.limits.max_body_bytes = 4096       # request bodies; beyond: 413
+  c.limits.batch_wait_ms = 2.0         # how long a batch waits for same-settings requests
+  c.limits.max_programs = 32           # compiled programs kept per model beyond the warm-up
+  c.warmup = "all"                     # all | default | none
+  return c

@@ -1,0 +1,608 @@
+"""The trained models behind the HTTP server: loading, request plans, programs.
+
+A served model is a trained workdir (its newest checkpoint; EMA parameters by
+default) and a sampling adapter chosen by the task's name (`_SAMPLING`). The
+adapter turns the options of a request into a `Plan`: a hashable `static`
+part (sampler, steps, ... everything that changes the compiled program) and
+per-image arrays (label, guidance, eta) that are inputs of the program, so
+requests that differ only in those share one program and one device call.
+
+Programs. For a static part and a bucket size B, the program is
+
+    images[b] = task.sample(params, fold_in(key(seed[b]), index[b]), 1, ...)[0]
+
+vmapped over b < B and compiled once (`jax.jit(...).lower(...).compile()`):
+the whole sampling chain of every image is one XLA program, one device call.
+Image `i` of a request with seed `s` is drawn from the key fold_in(key(s), i)
+alone, so it does not depend on the bucket padding nor on the other requests
+batched with it: the same seed and options give the same images.
+
+Compile count: per model, one program per (static part, bucket). The warm-up
+programs are kept; others live in an LRU of `limits.max_programs`.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+import threading
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from ddpm import samplers as ddpm_samplers
+from launch import checkpoint as checkpoint_lib
+from launch import config as config_lib
+from launch import figures
+from launch import sample as sample_lib
+from launch.config_errors import ConfigError
+
+MAX_SEED = 2**32 - 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WARMUP = ("all", "default", "none")
+
+
+class RequestError(ValueError):
+  """A request this model cannot serve; `field` names the request field at fault."""
+
+  def __init__(self, field: str, message: str):
+    super().__init__(f"{field}: {message}")
+    self.field = field
+    self.message = message
+
+
+# ---------------------------------------------------------------------------
+# Limits (from the serve config's `limits` section).
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What one request may ask for, and how the queue behaves (see configs/serve.py)."""
+  buckets: tuple[int, ...] = (1, 4, 16, 64)
+  max_langevin_steps: int = 1024
+  max_step_size: float = 100.0
+  max_guidance: float = 20.0
+  queue_size: int = 32
+  timeout_s: float = 120.0
+  max_body_bytes: int = 4096
+  batch_wait_ms: float = 2.0
+  max_programs: int = 32
+
+  @property
+  def max_images(self) -> int:
+    return self.buckets[-1]
+
+  def bucket(self, num: int) -> int:
+    """The smallest bucket that holds `num` images (num <= max_images)."""
+    for b in self.buckets:
+      if b >= num:
+        return b
+    raise ValueError(f"{num} images exceed the largest bucket {self.max_images}")
+
+  @classmethod
+  def from_config(cls, limits: ml_collections.ConfigDict) -> "Limits":
+    """Validated limits; ConfigError names the bad `limits.*` key."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in limits.keys():
+      if key not in known:
+        raise ConfigError(f"limits.{key}", limits[key], allowed=sorted(known),
+                          reason="unknown key")
+    values = {k: limits[k] for k in limits.keys()}
+    buckets = values.get("buckets", cls.buckets)
+    try:
+      buckets = tuple(buckets)
+    except TypeError:
+      raise ConfigError("limits.buckets", buckets, reason="must be a tuple of integers") from None
+    if (not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)
+        or list(buckets) != sorted(set(buckets)) or buckets[-1] > 4096):
+      raise ConfigError("limits.buckets", buckets,
+                        reason="must be increasing integers in [1, 4096]")
+    values["buckets"] = buckets
+    for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
+                    ("max_programs", 0)):
+      v = values.get(key, getattr(cls, key))
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"limits.{key}", v, allowed=f"an integer >= {lo}")
+    for key, lo_open in (("max_step_size", True), ("max_guidance", False), ("timeout_s", True),
+                         ("batch_wait_ms", False)):
+      v = values.get(key, getattr(cls, key))
+      if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or (
+          v <= 0 if lo_open else v < 0):
+        raise ConfigError(f"limits.{key}", v,
+                          allowed="a positive number" if lo_open else "a number >= 0")
+      values[key] = float(v)
+    return cls(**values)
+
+
+# ---------------------------------------------------------------------------
+# Requests and plans.
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The sampling options of one request; None = the model's default."""
+  num_images: int = 1
+  seed: int = 0
+  sampler: str | None = None
+  steps: int | None = None
+  eta: float | None = None
+  label: int | None = None
+  guidance: float | None = None
+  step_size: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the worker runs for one request.
+
+  Attributes:
+    static: hashable options that select the compiled program (with the bucket).
+    extras: name -> [num_images] array, per-image inputs of the program.
+    info: the resolved options, echoed in the response.
+  """
+  static: tuple
+  extras: Mapping[str, np.ndarray]
+  info: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerInfo:
+  """A sampler of a model: its steps range and which extra options it takes."""
+  name: str
+  steps_min: int
+  steps_max: int
+  steps_default: int
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _labels(options: Options, num_classes: int, default: int | None) -> tuple[np.ndarray, Any]:
+  """([num] int32 labels, echo) of a request; classes in turn when no label."""
+  n = options.num_images
+  if not num_classes:
+    if options.label is not None:
+      raise RequestError("label", "the model is unconditional: leave label out (or null)")
+    return np.zeros((n,), np.int32), None
+  label = default if options.label is None else options.label
+  if label is None:
+    labels = np.arange(n, dtype=np.int32) % num_classes
+  else:
+    if not 0 <= label < num_classes:
+      raise RequestError("label", f"must be in [0, {num_classes - 1}], got {label}")
+    labels = np.full((n,), label, np.int32)
+  return labels, labels.tolist()
+
+
+def _in_range(field: str, value: float, lo: float, hi: float, lo_open: bool = False) -> float:
+  if not np.isfinite(value) or (value <= lo if lo_open else value < lo) or value > hi:
+    raise RequestError(field, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], "
+                              f"got {value!r}")
+  return float(value)
+
+
+def _reject(options: Options, fields: tuple[str, ...], why: str) -> None:
+  for field in fields:
+    if getattr(options, field) is not None:
+      raise RequestError(field, why)
+
+
+class _Sampling:
+  """The interface of a task's sampling adapter (and its defaults).
+
+  Attributes:
+    default_sampler: the sampler of requests that name none.
+    num_classes: classes a request may pick with "label" (0: none).
+    guidance_ok: requests may set "guidance"; `guidance` is its default.
+    max_guidance, max_step_size: bounds of those options (0: not taken).
+  """
+  default_sampler: str = ""
+  num_classes: int = 0
+  guidance_ok: bool = False
+  guidance: float = 1.0
+  max_guidance: float = 0.0
+  max_step_size: float = 0.0
+
+  def samplers(self) -> list[SamplerInfo]:
+    """The samplers and their options, for GET /models."""
+    raise NotImplementedError
+
+  def plan(self, options: Options) -> Plan:
+    """The plan of a request; RequestError naming the field it cannot serve."""
+    raise NotImplementedError
+
+  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+    """Per-image inputs of a bucket (their shapes and dtypes)."""
+    raise NotImplementedError
+
+  def warm_statics(self, which: str) -> list[tuple]:
+    """The static parts compiled at start ("all" or "default")."""
+    raise NotImplementedError
+
+  def sample_one(self, static: tuple) -> Callable:
+    """(params, key, extras of one image) -> one image [H, W, C]."""
+    raise NotImplementedError
+
+
+class _DDPMSampling(_Sampling):
+  """DDPM: ancestral (Algorithm 2), deterministic (z = 0) and DDIM samplers."""
+
+  def __init__(self, task, config, limits: Limits):
+    s = config.sample
+    self.task = task
+    self.T = int(task.schedule.num_timesteps)
+    self.spacing, self.variance, self.clip_x0 = s.spacing, s.variance, bool(s.clip_x0)
+    self.default_sampler = s.sampler
+    self.ddim_steps = int(s.steps) if s.sampler == "ddim" and s.steps else min(50, self.T)
+    self.eta = float(s.eta)
+    self.num_classes = int(task.num_classes)
+    self.guidance_ok = bool(task.null_label)
+    self.max_guidance = max(limits.max_guidance, float(s.guidance))
+    self.guidance = float(s.guidance) if self.guidance_ok else 1.0
+    self.default_label = int(s.label) if 0 <= s.label < max(self.num_classes, 1) else None
+
+  def samplers(self) -> list[SamplerInfo]:
+    return [SamplerInfo("ancestral", self.T, self.T, self.T, {"variance": self.variance}),
+            SamplerInfo("deterministic", self.T, self.T, self.T, {"variance": self.variance}),
+            SamplerInfo("ddim", 1, self.T, self.ddim_steps,
+                        {"eta": {"min": 0.0, "max": 1.0, "default": self.eta},
+                         "spacing": self.spacing})]
+
+  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+    return {"label": np.zeros((bucket,), np.int32), "guidance": np.ones((bucket,), np.float32),
+            "eta": np.zeros((bucket,), np.float32)}
+
+  def plan(self, o: Options) -> Plan:
+    sampler = self.default_sampler if o.sampler is None else o.sampler
+    if sampler not in ddpm_samplers.SAMPLERS:
+      raise RequestError("sampler", f"{sampler!r} is not a sampler of this model "
+                                    f"(allowed: {', '.join(ddpm_samplers.SAMPLERS)})")
+    _reject(o, ("step_size",), "only energy-based (Langevin) models take step_size")
+    if sampler == "ddim":
+      steps = self.ddim_steps if o.steps is None else o.steps
+      if not 1 <= steps <= self.T:
+        raise RequestError("steps", f"must be in [1, {self.T}] for ddim, got {steps}")
+      try:
+        ddpm_samplers.ddim_timesteps(self.T, steps, self.spacing)
+      except ValueError as e:
+        raise RequestError("steps", str(e)) from None
+      eta = self.eta if o.eta is None else _in_range("eta", o.eta, 0.0, 1.0)
+    else:
+      steps = self.T
+      if o.steps not in (None, self.T):
+        raise RequestError("steps", f"the {sampler!r} sampler takes all T={self.T} steps, got "
+                                    f"{o.steps} (use sampler 'ddim' for fewer)")
+      _reject(o, ("eta",), "only the 'ddim' sampler takes eta")
+      eta = 0.0
+    labels, label_echo = _labels(o, self.num_classes, self.default_label)
+    if o.guidance is not None and not self.guidance_ok:
+      raise RequestError("guidance", "needs a class-conditional model trained with label "
+                                     "dropout (a null label); this model has none")
+    guidance = self.guidance if o.guidance is None else _in_range(
+        "guidance", o.guidance, 0.0, self.max_guidance)
+    guided = self.guidance_ok and guidance != 1.0
+    n = o.num_images
+    info = {"sampler": sampler, "steps": steps, "labels": label_echo}
+    if sampler == "ddim":
+      info["eta"] = eta
+    if self.guidance_ok:
+      info["guidance"] = guidance
+    return Plan(static=(sampler, steps, guided),
+                extras={"label": labels, "guidance": np.full((n,), guidance, np.float32),
+                        "eta": np.full((n,), eta, np.float32)},
+                info=info)
+
+  def warm_statics(self, which: str) -> list[tuple]:
+    guided = self.guidance_ok and self.guidance != 1.0
+    default = (self.default_sampler, self.ddim_steps if self.default_sampler == "ddim" else self.T,
+               guided)
+    if which == "default":
+      return [default]
+    everything = [("ancestral", self.T, guided), ("deterministic", self.T, guided),
+                  ("ddim", self.ddim_steps, guided)]
+    return [default] + [s for s in everything if s != default]
+
+  def sample_one(self, static: tuple) -> Callable:
+    sampler, steps, guided = static
+    task, conditional = self.task, self.num_classes > 0
+
+    def one(params, key, ex):
+      return task.sample(params, key, 1, sampler=sampler, steps=steps if sampler == "ddim" else 0,
+                         eta=ex["eta"], spacing=self.spacing, variance=self.variance,
+                         clip_x0=self.clip_x0, label=ex["label"][None] if conditional else None,
+                         guidance=ex["guidance"] if guided else 1.0)[0]
+    return one
+
+
+class _EBMSampling(_Sampling):
+  """EBM: a Langevin chain from uniform noise (steps and step size per request)."""
+
+  def __init__(self, task, config, limits: Limits):
+    self.task = task
+    chain = task.sample_langevin
+    default_steps = int(config.sample.steps) or int(chain.num_steps)
+    self.max_steps = max(limits.max_langevin_steps, default_steps)
+    self.steps = default_steps
+    self.step_size = float(chain.step_size)
+    self.max_step_size = max(limits.max_step_size, self.step_size)
+    self.default_sampler = "langevin"
+
+  def samplers(self) -> list[SamplerInfo]:
+    return [SamplerInfo("langevin", 1, self.max_steps, self.steps,
+                        {"step_size": {"min": 0.0, "max": self.max_step_size,
+                                       "default": self.step_size}})]
+
+  def plan(self, o: Options) -> Plan:
+    sampler = "langevin" if o.sampler is None else o.sampler
+    if sampler != "langevin":
+      raise RequestError("sampler", f"{sampler!r} is not a sampler of this model "
+                                    "(allowed: langevin)")
+    _reject(o, ("eta",), "only DDPM models (sampler 'ddim') take eta")
+    _reject(o, ("label", "guidance"), "the model is unconditional")
+    steps = self.steps if o.steps is None else o.steps
+    if not 1 <= steps <= self.max_steps:
+      raise RequestError("steps", f"must be in [1, {self.max_steps}], got {steps}")
+    step_size = self.step_size if o.step_size is None else _in_range(
+        "step_size", o.step_size, 0.0, self.max_step_size, lo_open=True)
+    return Plan(static=("langevin", steps, step_size), extras={},
+                info={"sampler": "langevin", "steps": steps, "step_size": step_size,
+                      "labels": None})
+
+  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+    del bucket
+    return {}
+
+  def warm_statics(self, which: str) -> list[tuple]:
+    del which
+    return [("langevin", self.steps, self.step_size)]
+
+  def sample_one(self, static: tuple) -> Callable:
+    _, steps, step_size = static
+    task = self.task
+
+    def one(params, key, ex):
+      del ex
+      return task.sample(params, key, 1, steps=steps, step_size=step_size)[0]
+    return one
+
+
+class _DenoiserSampling(_Sampling):
+  """The one-step 50/50 denoiser ("ink blots"): one network call from noise."""
+
+  def __init__(self, task, config, limits: Limits):
+    del limits
+    self.task = task
+    self.num_classes = int(task.num_classes)
+    self.default_sampler = "one_step"
+    label = config.sample.label
+    self.default_label = int(label) if 0 <= label < max(self.num_classes, 1) else None
+
+  def samplers(self) -> list[SamplerInfo]:
+    return [SamplerInfo("one_step", 1, 1, 1)]
+
+  def plan(self, o: Options) -> Plan:
+    if o.sampler not in (None, "one_step"):
+      raise RequestError("sampler", f"{o.sampler!r} is not a sampler of this model "
+                                    "(allowed: one_step)")
+    if o.steps not in (None, 1):
+      raise RequestError("steps", f"the one-step denoiser takes 1 step, got {o.steps}")
+    _reject(o, ("eta", "guidance", "step_size"), "the one-step denoiser takes no such option")
+    labels, echo = _labels(o, self.num_classes, self.default_label)
+    return Plan(static=("one_step",), extras={"label": labels},
+                info={"sampler": "one_step", "steps": 1, "labels": echo})
+
+  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+    return {"label": np.zeros((bucket,), np.int32)}
+
+  def warm_statics(self, which: str) -> list[tuple]:
+    del which
+    return [("one_step",)]
+
+  def sample_one(self, static: tuple) -> Callable:
+    del static
+    task, conditional = self.task, self.num_classes > 0
+
+    def one(params, key, ex):
+      return task.sample(params, key, 1, label=ex["label"][None] if conditional else None)[0]
+    return one
+
+
+# task name -> sampling adapter
+_SAMPLING = {"ddpm": _DDPMSampling, "ebm": _EBMSampling, "denoiser": _DenoiserSampling}
+
+
+def servable_tasks() -> tuple[str, ...]:
+  return tuple(sorted(_SAMPLING))
+
+
+def sampler_names() -> tuple[str, ...]:
+  """Every sampler name of every servable task."""
+  return tuple(ddpm_samplers.SAMPLERS) + ("langevin", "one_step")
+
+
+# ---------------------------------------------------------------------------
+# Served models.
+
+
+def _vmapped(sample_one: Callable) -> Callable:
+  """(params, seeds [B], index [B], extras [B]) -> images [B, H, W, C]; see module doc."""
+  def run(params, seeds, index, extras):
+    def one(seed, i, ex):
+      return sample_one(params, jax.random.fold_in(jax.random.key(seed), i), ex)
+    return jax.vmap(one)(seeds, index, extras)
+  return run
+
+
+class ServedModel:
+  """A trained model, its parameters on one device, and its compiled programs.
+
+  `plan` is called from any thread; `run` and `compile` only from the
+  server's worker thread (they are not meant to run concurrently).
+  """
+
+  def __init__(self, name: str, task_name: str, task, config, params, *, step: int,
+               use_ema: bool, workdir: str, limits: Limits):
+    self.name = name
+    self.task_name = task_name
+    self.task = task
+    self.dataset = str(config.data.name)
+    self.image_shape = tuple(int(d) for d in task.image_shape)
+    self.sampling = _SAMPLING[task_name](task, config, limits)
+    self.num_classes = int(self.sampling.num_classes)
+    self.classes = tuple(figures.CLASS_NAMES.get(self.dataset, ())) if self.num_classes else ()
+    if self.num_classes and len(self.classes) != self.num_classes:
+      self.classes = tuple(str(i) for i in range(self.num_classes))
+    self.params = params
+    self.step = step
+    self.use_ema = use_ema
+    self.workdir = workdir
+    self.limits = limits
+    self._programs: collections.OrderedDict = collections.OrderedDict()
+    self._pinned: set = set()
+    self._lock = threading.Lock()
+    self.compiles = 0
+
+  @property
+  def default_sampler(self) -> str:
+    return self.sampling.default_sampler
+
+  @property
+  def guidance(self) -> bool:
+    return self.sampling.guidance_ok
+
+  def samplers(self) -> list[SamplerInfo]:
+    return self.sampling.samplers()
+
+  def plan(self, options: Options) -> Plan:
+    """The plan of a request (RequestError naming the field it cannot serve)."""
+    return self.sampling.plan(options)
+
+  def _example_inputs(self, bucket: int):
+    return (self.params, np.zeros((bucket,), np.uint32), np.zeros((bucket,), np.int32),
+            self.sampling.extras_like(bucket))
+
+  def program(self, static: tuple, bucket: int, pin: bool = False):
+    """The compiled program of (static, bucket), compiling it if needed."""
+    key = (static, bucket)
+    with self._lock:
+      compiled = self._programs.get(key)
+      if compiled is not None:
+        self._programs.move_to_end(key)
+        if pin:
+          self._pinned.add(key)
+        return compiled
+    fn = jax.jit(_vmapped(self.sampling.sample_one(static)))
+    compiled = fn.lower(*self._example_inputs(bucket)).compile()
+    with self._lock:
+      self.compiles += 1
+      self._programs[key] = compiled
+      if pin:
+        self._pinned.add(key)
+      unpinned = [k for k in self._programs if k not in self._pinned]
+      for old in unpinned[:max(0, len(unpinned) - self.limits.max_programs)]:
+        del self._programs[old]
+    logging.info("serve: compiled %s %s bucket %d", self.name, static, bucket)
+    return compiled
+
+  @property
+  def num_programs(self) -> int:
+    return len(self._programs)
+
+  def run(self, static: tuple, bucket: int, seeds: np.ndarray, index: np.ndarray,
+          extras: Mapping[str, np.ndarray]) -> np.ndarray:
+    """float32 images [bucket, H, W, C] in [-1, 1] on the host."""
+    out = self.program(static, bucket)(self.params, seeds, index, dict(extras))
+    return np.asarray(jax.device_get(out))
+
+  def warm(self, which: str, buckets: tuple[int, ...]) -> int:
+    """Compiles and runs once the warm-up programs; returns how many."""
+    if which == "none":
+      return 0
+    count = 0
+    for static in self.sampling.warm_statics(which):
+      for bucket in buckets:
+        compiled = self.program(static, bucket, pin=True)
+        jax.block_until_ready(compiled(*self._example_inputs(bucket)))
+        count += 1
+    return count
+
+  def describe(self) -> dict[str, Any]:
+    return {
+        "name": self.name,
+        "task": self.task_name,
+        "dataset": self.dataset,
+        "image_shape": list(self.image_shape),
+        "conditional": self.num_classes > 0,
+        "num_classes": self.num_classes,
+        "classes": list(self.classes),
+        "guidance": self.guidance,
+        "guidance_default": self.sampling.guidance if self.guidance else None,
+        "default_sampler": self.default_sampler,
+        "samplers": [dataclasses.asdict(s) for s in self.samplers()],
+        "checkpoint_step": self.step,
+        "use_ema": self.use_ema,
+    }
+
+
+def _experiment_config(name: str, entry, workdir: str):
+  """The experiment config of a model entry: a ConfigDict, a spec, or WORKDIR/config.json."""
+  spec = entry.config if "config" in entry else ""
+  if isinstance(spec, ml_collections.ConfigDict):
+    return spec
+  if not isinstance(spec, str):
+    raise ConfigError(f"models.{name}.config", spec, reason="must be a config spec string")
+  if spec:
+    return config_lib.load(spec)
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"config.models.{name}.config is empty and {path} does not exist: "
+                            "give the experiment config spec")
+  config = config_lib.from_dict(json.loads(path.read_text()))
+  config_lib.validate(config)
+  return config
+
+
+def load_model(name: str, entry, limits: Limits) -> ServedModel:
+  """Loads the newest checkpoint of one `models` entry of a serve config.
+
+  Args:
+    name: the model's name in requests.
+    entry: {config, workdir, use_ema} (see configs/serve.py); `config` may also
+      be an experiment ConfigDict.
+    limits: the server's limits.
+
+  Returns:
+    The served model, parameters on the first local device (not yet compiled).
+
+  Raises:
+    ConfigError: naming the bad `models.<name>.*` key.
+    CheckpointError: the workdir has no (readable) checkpoint.
+  """
+  if not _NAME.match(name):
+    raise ConfigError(f"models.{name}", name,
+                      reason="model names are letters, digits, '_', '.', '-' (at most 64)")
+  workdir = entry.workdir if "workdir" in entry else ""
+  if not isinstance(workdir, str) or not workdir:
+    raise ConfigError(f"models.{name}.workdir", workdir, reason="must name a trained workdir")
+  use_ema = entry.use_ema if "use_ema" in entry else True
+  if not isinstance(use_ema, bool):
+    raise ConfigError(f"models.{name}.use_ema", use_ema, allowed=(True, False))
+  config = _experiment_config(name, entry, workdir)
+  if config.task not in _SAMPLING:
+    raise ConfigError(f"models.{name}.config", f"task {config.task!r}", allowed=servable_tasks(),
+                      reason="this task does not generate images")
+  if not (epath.Path(workdir) / "checkpoints").exists():  # before Orbax creates the folder
+    raise checkpoint_lib.CheckpointError(
+        f"no checkpoint in {epath.Path(workdir) / 'checkpoints'} (model {name!r}): train first "
+        "with --mode train, or fix config.models.{name}.workdir".replace("{name}", name))
+  run, state = sample_lib.load_trained(config, workdir)
+  params = state.ema_params if use_ema else state.params
+  params = jax.device_put(params, jax.local_devices()[0])
+  step = int(jax.device_get(state.step))
+  del state
+  logging.info("serve: loaded %s (%s, step %d) from %s", name, config.task, step, workdir)
+  return ServedModel(name, config.task, run.task, config, params, step=step, use_ema=use_ema,
+                     workdir=str(workdir), limits=limits)
