@@ -50,8 +50,8 @@ def sample_to_workdir(config, workdir: str) -> epath.Path:
   stem = out / f"sample_{step}_{tag}" if tag else out / f"sample_{step}"
   if jax.process_index() == 0:
     figures.save_png(figures.image_grid(uint8, nrow=int(np.ceil(np.sqrt(len(uint8))))),
-                     stem.with_suffix(".png"))
-    with stem.with_suffix(".npz").open("wb") as f:
+                     epath.Path(f"{stem}.png"))
+    with epath.Path(f"{stem}.npz").open("wb") as f:
       np.savez_compressed(f, images=uint8)
     logging.info("Wrote %d samples to %s.{png,npz}", len(uint8), stem)
     print(f"wrote {len(uint8)} samples: {stem}.png, {stem}.npz")

@@ -254,3 +254,16 @@ def test_denoiser_sample_from_given_noise():
   np.testing.assert_array_equal(blots, jnp.clip(direct, -1, 1))
   np.testing.assert_array_equal(mixed, jnp.clip(direct_mixed, -1, 1))
   assert task.sample_options(_config("denoiser_fashion_mnist")) == {}
+
+
+def test_bfloat16_compute_is_a_config_option():
+  config = _config("ddpm_cifar10", "smoke")
+  config.model.dtype = "bfloat16"
+  task = tasks.build(config)
+  assert task.network.dtype == jnp.bfloat16
+  batch = {"image": jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((1,), jnp.int32)}
+  state = jax.eval_shape(task.init_state, jax.random.key(0), batch)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  _, metrics = jax.eval_shape(task.train_step, state, batch, jax.random.key(1))
+  assert metrics["loss"].dtype == jnp.float32
