@@ -410,11 +410,13 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
     return fastapi_responses.JSONResponse(body.model_dump(), status_code=503,
                                           headers={"Retry-After": "5"})
 
+  catalog = ModelsResponse(models=[ModelDescription(**m.describe()) for m in models.values()],
+                           limits=_limits_description(batcher, request_model))
+
   @app.get("/models", response_model=ModelsResponse)
   async def list_models():
     """The served models, their samplers and options, and the request limits."""
-    return ModelsResponse(models=[ModelDescription(**m.describe()) for m in models.values()],
-                          limits=_limits_description(batcher, request_model))
+    return catalog
 
   png_headers = {name: {"description": text, "schema": {"type": kind}} for name, text, kind in (
       ("X-Model", "The model.", "string"), ("X-Seed", "The seed used.", "integer"),

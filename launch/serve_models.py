@@ -439,7 +439,7 @@ def _vmapped(sample_one: Callable) -> Callable:
 class ServedModel:
   """A trained model, its parameters on one device, and its compiled programs.
 
-  `plan` is called from any thread; `run` and `compile` only from the
+  `plan` is called from any thread; `run`, `program` and `warm` only from the
   server's worker thread (they are not meant to run concurrently).
   """
 

@@ -431,6 +431,27 @@ def test_unknown_paths_and_methods_are_4xx(client):
   assert client.delete("/models").status_code == 405
 
 
+def test_denoiser_is_served_with_its_one_step(tmp_path):
+  workdir = write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", tmp_path / "dn")
+  config = serve_config({})
+  config.models.dn = serve_configs.model(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke",
+                                         str(workdir))
+  config.limits.buckets = (4,)
+  one = serve.build(config).start()
+  try:
+    assert one.wait_ready(300), one.error
+    c = TestClient(serve.create_app(one, manage=False))
+    (model,) = c.get("/models").json()["models"]
+    assert model["task"] == "denoiser" and [s["name"] for s in model["samplers"]] == ["one_step"]
+    r = c.post("/generate", json={"num_images": 3, "seed": 1, "format": "json"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["sampler"], r.json()["steps"], len(r.json()["images"])) == ("one_step", 1, 3)
+    r = c.post("/generate", json={"steps": 2})
+    assert r.status_code == 422 and r.json()["field"] == "steps"
+  finally:
+    one.stop()
+
+
 # ---------------------------------------------------------------------------
 # Configs and entry points.
 

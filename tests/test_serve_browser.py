@@ -1,0 +1,189 @@
+"""The page at / in headless Chromium: pick a model, class and seed, click, see the grid.
+
+Chromium (Debian's `chromium` package) is driven over the DevTools protocol
+with a small client on `websockets`; nothing is downloaded. The server is a
+real uvicorn on 127.0.0.1 (in a thread of this process) over the smoke models
+of tests/test_serve.py. The screenshot is kept as
+test-artifacts/serve_page.png. Skips only when no chromium binary is found.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from websockets.sync.client import connect
+
+from launch import serve
+from test_serve import shared_batcher  # the session's warmed-up models
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--no-first-run",
+                  "--disable-component-update", "--disable-sync", "--disable-quic",
+                  "--window-size=1100,800")
+
+
+def _chromium() -> str | None:
+  for name in (os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+class DevTools:
+  """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+  def __init__(self, ws):
+    self._ws = ws
+    self._ids = itertools.count(1)
+    self.events: list[dict] = []
+
+  def call(self, method: str, timeout: float = 60.0, **params) -> dict:
+    call_id = next(self._ids)
+    self._ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+    end = time.monotonic() + timeout
+    while True:
+      message = json.loads(self._ws.recv(timeout=max(end - time.monotonic(), 0.01)))
+      if message.get("id") == call_id:
+        if "error" in message:
+          raise RuntimeError(f"{method}: {message['error']}")
+        return message.get("result", {})
+      self.events.append(message)
+
+  def eval(self, expression: str):
+    result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                       awaitPromise=True)
+    if "exceptionDetails" in result:
+      raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+  def wait_for(self, expression: str, timeout: float = 120.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+      value = self.eval(expression)
+      if value:
+        return value
+      time.sleep(0.1)
+    raise TimeoutError(f"not true after {timeout} s: {expression}")
+
+  def click(self, selector: str) -> None:
+    """A real mouse click (pressed + released) at the centre of the element."""
+    box = self.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+                    ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    for kind in ("mousePressed", "mouseReleased"):
+      self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left",
+                clickCount=1)
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory):
+  """A real uvicorn on 127.0.0.1 (free port) serving the smoke models."""
+  batcher = shared_batcher(tmp_path_factory.getbasetemp() / "serve_models")
+  server = uvicorn.Server(uvicorn.Config(serve.create_app(batcher, manage=False),
+                                         host="127.0.0.1", port=0, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  for _ in range(600):
+    if server.started:
+      break
+    time.sleep(0.05)
+  assert server.started, "uvicorn did not start"
+  port = server.servers[0].sockets[0].getsockname()[1]
+  yield f"http://127.0.0.1:{port}"
+  server.should_exit = True
+  thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+  """A DevTools client on a fresh headless Chromium's page."""
+  binary = _chromium()
+  if binary is None:
+    pytest.skip("no chromium binary found (apt-get install -y chromium)")
+  profile = tempfile.mkdtemp(prefix="chromium-profile-")
+  proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                           "--remote-debugging-port=0", "about:blank"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    port_file = pathlib.Path(profile) / "DevToolsActivePort"
+    for _ in range(600):
+      if port_file.exists() and port_file.read_text().strip():
+        break
+      assert proc.poll() is None, f"chromium exited with {proc.returncode}"
+      time.sleep(0.05)
+    port = int(port_file.read_text().split()[0])
+    pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=30).json()
+             if t["type"] == "page"]
+    with connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+      devtools = DevTools(ws)
+      devtools.call("Page.enable")
+      devtools.call("Runtime.enable")
+      yield devtools
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _set(devtools: DevTools, element_id: str, value: str) -> None:
+  devtools.eval(f"(() => {{ const e = document.getElementById({element_id!r}); "
+                f"e.value = {value!r}; e.dispatchEvent(new Event('change')); }})()")
+
+
+def test_page_generates_a_grid_on_click(browser, live_url):
+  browser.call("Page.navigate", url=f"{live_url}/")
+  browser.wait_for("document.body && document.body.dataset.ready === '1'", timeout=60)
+  assert browser.eval("document.getElementById('health').textContent") == "ready"
+  models = browser.eval("[...document.getElementById('model').options].map(o => o.value)")
+  assert models == ["cond", "ddpm", "ebm"]
+
+  _set(browser, "model", "cond")
+  assert browser.eval("document.getElementById('label-row').hidden") is False
+  assert browser.eval("document.getElementById('label').options.length") == 11
+  _set(browser, "label", "3")
+  _set(browser, "num", "4")
+  _set(browser, "seed", "7")
+  browser.click("#generate")
+  browser.wait_for("document.getElementById('grid').dataset.state === 'loaded'", timeout=120)
+  size = browser.eval("(() => { const g = document.getElementById('grid'); "
+                      "return [g.naturalWidth, g.naturalHeight]; })()")
+  assert size == [70, 70]  # 2 x 2 tiles of 32 x 32, 2 px padding
+  assert browser.eval("document.getElementById('status').textContent") == "4 image(s) from cond"
+  info = browser.eval("document.getElementById('info').textContent")
+  assert info.startswith("seed 7, ancestral with 20 steps"), info
+  assert browser.eval("document.getElementById('guidance').value") == "2"  # the model's default
+
+  ARTIFACTS.mkdir(exist_ok=True)
+  shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+  assert shot.startswith(b"\x89PNG")
+  (ARTIFACTS / "serve_page.png").write_bytes(shot)
+
+  # The server's error is shown on the page, naming the field (the form's own
+  # validation, which would stop steps above the sampler's maximum, is off here).
+  browser.eval("document.getElementById('form').noValidate = true")
+  _set(browser, "model", "ddpm")
+  _set(browser, "sampler", "ddim")
+  _set(browser, "steps", "999")
+  browser.click("#generate")
+  status = browser.wait_for("(() => { const s = document.getElementById('status'); "
+                            "return s.classList.contains('error') && s.textContent; })()")
+  assert status.startswith("error 422: steps: must be in [1, 20]"), status
+
+  errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
+      e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
+  assert not errors, errors
