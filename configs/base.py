@@ -130,3 +130,22 @@ def get_base() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data_axis = "data"
   return c
+
+
+def smoke_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks the run (not the model) to seconds: 64 examples, 2 steps of 8.
+
+  Experiment files call it in their `smoke` variant and then shrink their
+  own model; the values are the same for every generative smoke test.
+  """
+  c.data.num_examples = 64
+  c.optim.warmup_steps = 0
+  c.train.steps = 2
+  c.train.batch_size = 8
+  c.train.log_every = 1
+  c.train.ckpt_every = 2
+  c.train.sample_every = 0
+  c.train.num_samples = 4
+  c.sample.num = 4
+  c.sample.batch_size = 4
+  return c

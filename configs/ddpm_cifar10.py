@@ -49,21 +49,12 @@ def get_config(arg=None):
   c.sample.variance = "beta"
   c.sample.clip_x0 = True
   if arg == "smoke":
+    base.smoke_run(c)
     c.model.ch = 16
     c.model.ch_mult = (1, 2)
     c.model.num_res_blocks = 1
     c.model.num_groups = 8
-    c.data.num_examples = 64
     c.diffusion.num_timesteps = 20
-    c.optim.warmup_steps = 0
-    c.train.steps = 2
-    c.train.batch_size = 8
-    c.train.log_every = 1
-    c.train.ckpt_every = 2
-    c.train.sample_every = 0
-    c.train.num_samples = 4
-    c.sample.num = 4
-    c.sample.batch_size = 4
   elif arg is not None:
     raise ValueError(f"unknown variant {arg!r} of ddpm_cifar10 (allowed: smoke)")
   return c

@@ -32,17 +32,9 @@ def get_config(arg=None):
   c.train.log_every = 50
   c.train.ckpt_every = 500
   if arg == "smoke":
+    base.smoke_run(c)
     c.model.ch = 8
-    c.data.num_examples = 64
     c.diffusion.num_timesteps = 20
-    c.optim.warmup_steps = 0
-    c.train.steps = 2
-    c.train.batch_size = 8
-    c.train.log_every = 1
-    c.train.ckpt_every = 2
-    c.train.num_samples = 4
-    c.sample.num = 4
-    c.sample.batch_size = 4
   elif arg is not None:
     raise ValueError(f"unknown variant {arg!r} of ddpm_mnist (allowed: smoke)")
   return c

@@ -22,6 +22,7 @@ programs are kept; others live in an LRU of `limits.max_programs`.
 """
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import json
@@ -190,7 +191,7 @@ def _reject(options: Options, fields: tuple[str, ...], why: str) -> None:
       raise RequestError(field, why)
 
 
-class _Sampling:
+class _Sampling(abc.ABC):
   """The interface of a task's sampling adapter (and its defaults).
 
   Attributes:
@@ -206,25 +207,25 @@ class _Sampling:
   max_guidance: float = 0.0
   max_step_size: float = 0.0
 
+  @abc.abstractmethod
   def samplers(self) -> list[SamplerInfo]:
     """The samplers and their options, for GET /models."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def plan(self, options: Options) -> Plan:
     """The plan of a request; RequestError naming the field it cannot serve."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
     """Per-image inputs of a bucket (their shapes and dtypes)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def warm_statics(self, which: str) -> list[tuple]:
     """The static parts compiled at start ("all" or "default")."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def sample_one(self, static: tuple) -> Callable:
     """(params, key, extras of one image) -> one image [H, W, C]."""
-    raise NotImplementedError
 
 
 class _DDPMSampling(_Sampling):
