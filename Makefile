@@ -12,7 +12,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: setup data demo train sample test test-slow clean
+.PHONY: setup data browser demo train sample test test-slow clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ data:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "Fashion-MNIST not found in $(FMNIST_DIR) and no apt-get: put the four IDX .gz files in a directory and add --config.data.manual_dir=DIR"; exit 1; fi
 
+# Debian's chromium, for the headless web-page test of the server
+# (tests/test_serve_browser.py); installed with apt when missing.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
+	else echo "chromium not found and no apt-get: the web-page test will be skipped"; fi
+
 train: setup data
 	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR)
 
@@ -40,10 +48,10 @@ sample: setup
 # a grid + .npz of config.sample.num samples from the EMA weights.
 demo: train sample
 
-test: setup data
+test: setup data browser
 	$(PY) -m pytest -q
 
-test-slow: setup data
+test-slow: setup data browser
 	$(PY) -m pytest -q -m slow
 
 clean:

@@ -81,6 +81,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.optim.name = "adam"                # adam | adamw
   c.optim.lr = 2e-4
   c.optim.warmup_steps = 0
+  c.optim.decay = "constant"           # after warm-up: constant | cosine (to final_lr_factor*lr at train.steps)
+  c.optim.final_lr_factor = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.0
@@ -97,6 +99,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.sample_every = 0             # 0 = only at the end
   c.train.num_samples = 64
   c.train.steps_per_dispatch = 1       # >1: that many train steps in one compiled scan
+  c.train.time_budget_s = 0.0          # >0: stop (and save) after this much wall time of the
+                                       # loop in this invocation (equal-CPU-time comparisons)
 
   c.guard = ml_collections.ConfigDict()
   c.guard.enabled = False
@@ -140,6 +144,8 @@ def smoke_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   c.data.num_examples = 64
   c.optim.warmup_steps = 0
+  c.optim.decay = "constant"           # after warm-up: constant | cosine (to final_lr_factor*lr at train.steps)
+  c.optim.final_lr_factor = 0.0
   c.train.steps = 2
   c.train.batch_size = 8
   c.train.log_every = 1

@@ -1,6 +1,7 @@
 """Command line: `python -m launch --config configs/X.py[:variant] --workdir DIR [--mode M]`.
 
-Modes: train (default; resumes automatically), sample, evaluate, serve. Any config key can be overridden: `--config.train.steps=100`.
+Modes: train (default; resumes automatically), sample, evaluate, figures, bench,
+serve. Any config key can be overridden: `--config.train.steps=100`.
 Multi-host (TPU VM pods, GPU clusters): add `--multihost` on every host (or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 """
@@ -18,7 +19,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with :variant.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
-_MODE = flags.DEFINE_string("mode", "train", "train | sample | evaluate | serve")
+_MODE = flags.DEFINE_string("mode", "train", "train | sample | evaluate | figures | bench | serve")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() with autodetection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
@@ -34,6 +35,8 @@ MODES = {
     "sample": "launch.sample:sample_to_workdir",
     "evaluate": "launch.evaluate:evaluate_workdir",
     "serve": "launch.serve:serve",
+    "figures": "launch.figure_mode:figures_workdir",
+    "bench": "launch.bench:bench_workdir",
 }
 
 
@@ -103,11 +106,12 @@ def main(argv):
     print("error: --config is required, e.g. --config configs/ddpm_fashion_mnist.py",
           file=sys.stderr)
     return 2
-  if _WORKDIR.value is None and _MODE.value != "serve":
+  if _WORKDIR.value is None and not (_MODE.value == "serve" and "models" in config):
     print("error: --workdir is required", file=sys.stderr)
     return 2
   try:
-    config_lib.validate(config)
+    if not (_MODE.value == "serve" and "models" in config):  # a serve config: launch.serve checks it
+      config_lib.validate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

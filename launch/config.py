@@ -113,6 +113,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_positive_int(config, key)
   for key in ("train.log_every", "train.ckpt_every", "train.sample_every", "train.num_samples"):
     _check_nonneg_int(config, key)
+  if not isinstance(config.train.time_budget_s, (int, float)) or config.train.time_budget_s < 0:
+    raise ConfigError("train.time_budget_s", config.train.time_budget_s,
+                      allowed="seconds >= 0 (0 = no budget)")
   if config.train.steps_per_dispatch > 1 and config.train.log_every % config.train.steps_per_dispatch:
     raise ConfigError("train.log_every", config.train.log_every,
                       reason="must be a multiple of train.steps_per_dispatch")

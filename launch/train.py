@@ -247,8 +247,15 @@ def train_and_evaluate(config, workdir: str) -> Any:
   pending: list[tuple[int, dict]] = []
   last_log_time, last_log_step = time.perf_counter(), step
   batches = source.iterate(step)
+  budget_s = float(config.train.time_budget_s)
+  loop_start = time.perf_counter()
+  out_of_time = False
+  first_step = step  # at least one dispatch per invocation, whatever the budget
   try:
     while step < total and stop.signal is None:
+      if budget_s and step > first_step and time.perf_counter() - loop_start >= budget_s:
+        out_of_time = True
+        break
       local = [next(batches)[1] for _ in range(min(k, total - step))]
       if len(local) < k:  # the last dispatch of a run whose length is not a multiple of k
         break
@@ -294,6 +301,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
           means = {name: float(np.mean(np.concatenate([m[name] for _, m in history])))
                    for name in history[-1][1]}
           means["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+          means["elapsed_s"] = now - loop_start  # wall time of this invocation's loop
           last_log_time, last_log_step = now, step
           writer.write(step, means)
           progress.update_to(step, {
@@ -315,7 +323,10 @@ def train_and_evaluate(config, workdir: str) -> Any:
     if stop.signal is not None:
       logging.warning("Stopped by signal %d at step %d; checkpoint saved in %s.",
                       stop.signal, step, ckpt.directory)
-    elif step >= total:
+    elif step >= total or out_of_time:
+      if out_of_time:
+        logging.warning("Stopped at step %d of %d: train.time_budget_s=%g reached; "
+                        "checkpoint saved in %s.", step, total, budget_s, ckpt.directory)
       if jax.process_index() == 0:
         _loss_curve_safe(workdir)
       _sample_grid(run, config, state, workdir, step)

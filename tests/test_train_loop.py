@@ -112,6 +112,26 @@ def test_resume_equals_uninterrupted_run(tmp_path):
   assert steps[-1] == 6
 
 
+def test_time_budget_stops_early_and_saves(tmp_path):
+  # A budget shorter than the first step (compile included) stops after it.
+  state = train_lib.train_and_evaluate(
+      _config(train__steps=1000, train__time_budget_s=1e-6), tmp_path)
+  assert 0 < int(state.step) < 1000
+  ckpt = checkpoint_lib.Checkpointer(tmp_path, async_save=False)
+  try:
+    assert ckpt.latest_step() == int(state.step)
+  finally:
+    ckpt.close()
+  # Resuming with no budget goes on from the saved step.
+  again = train_lib.train_and_evaluate(_config(train__steps=int(state.step) + 2), tmp_path)
+  assert int(again.step) == int(state.step) + 2
+
+
+def test_time_budget_rejects_negative():
+  with pytest.raises(config_lib.ConfigError, match="train.time_budget_s"):
+    config_lib.validate(_config(train__time_budget_s=-1.0))
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
   config = _config(train__steps=6, optim__lr=1e30, optim__grad_clip=0.0, optim__warmup_steps=0)
   with pytest.raises(train_lib.TrainingDiverged, match=r"diverged at step \d+: (loss|grad_norm)"):

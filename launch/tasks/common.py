@@ -18,5 +18,11 @@ def optimizer(config) -> optax.GradientTransformation:
   check_range("optim.weight_decay", o.weight_decay, 0.0)
   check_range("optim.grad_clip", o.grad_clip, 0.0)
   check_range("optim.ema_decay", o.ema_decay, 0.0, 1.0)
+  check_choice("optim.decay", o.decay, ("constant", "cosine"))
+  check_range("optim.final_lr_factor", o.final_lr_factor, 0.0, 1.0)
+  if o.decay == "cosine" and config.train.steps <= o.warmup_steps:
+    check_range("train.steps", config.train.steps, o.warmup_steps + 1)
   return ts.make_optimizer(name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, b1=o.b1,
-                           b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+                           b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+                           decay=o.decay, decay_steps=config.train.steps,
+                           final_lr_factor=o.final_lr_factor)

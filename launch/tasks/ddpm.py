@@ -54,8 +54,9 @@ from ddpm import networks
 from ddpm import objectives
 from ddpm import samplers
 from ddpm import schedules
-from ddpm.train_state import TrainState, make_optimizer
+from ddpm.train_state import TrainState
 from launch.config_errors import ConfigError, check_choice, check_range
+from launch.tasks import common as common_lib
 
 NUM_CLASSES = 10
 _IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -468,8 +469,7 @@ def build(config) -> _Task:
       num_classes=NUM_CLASSES if conditional else 0,
       null_label=bool(conditional and config.diffusion.class_dropout > 0),
       class_dropout=float(config.diffusion.class_dropout),
-      tx=make_optimizer(name=o.name, lr=o.lr, warmup_steps=o.warmup_steps, b1=o.b1, b2=o.b2,
-                        weight_decay=o.weight_decay, grad_clip=o.grad_clip),
+      tx=common_lib.optimizer(config),
       lr=float(o.lr),
       warmup_steps=int(o.warmup_steps),
       ema_decay=float(o.ema_decay),

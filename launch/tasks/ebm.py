@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm.train_state import TrainState, make_optimizer
+from ddpm.train_state import TrainState
 from ebm import cd
 from ebm import ood
 from ebm.networks import ACTIVATIONS, NETWORKS, energy_fn_of, make_network
 from launch.config_errors import ConfigError, check_choice, check_range
+from launch.tasks import common as common_lib
 
 # data.name -> (H, W, C) of the images the data pipeline yields.
 _DATA_SHAPES = {
@@ -100,18 +101,6 @@ def _langevin(ebm_cfg, num_steps: int) -> cd.LangevinSettings:
       grad_clip=float(grad_clip) if grad_clip > 0 else None,
       noise_first=_boolean("ebm.noise_first", ebm_cfg.noise_first),
   )
-
-
-def _optimizer_kwargs(optim) -> dict[str, Any]:
-  """Validated keyword arguments of `make_optimizer`."""
-  return dict(
-      name=check_choice("optim.name", optim.name, ("adam", "adamw")),
-      lr=float(_number("optim.lr", optim.lr, lo=0, lo_open=True)),
-      warmup_steps=_number("optim.warmup_steps", optim.warmup_steps, integer=True, lo=0),
-      b1=float(_number("optim.b1", optim.b1, lo=0, hi=1, hi_open=True)),
-      b2=float(_number("optim.b2", optim.b2, lo=0, hi=1, hi_open=True)),
-      weight_decay=float(_number("optim.weight_decay", optim.weight_decay, lo=0)),
-      grad_clip=float(_number("optim.grad_clip", optim.grad_clip, lo=0)))
 
 
 def _override(chain: cd.LangevinSettings, steps: int | None = None,
@@ -263,12 +252,12 @@ def build(config) -> EBMTask:
       data_noise=float(_number("ebm.data_noise", e.data_noise, lo=0)),
       ema_decay=float(_number("optim.ema_decay", config.optim.ema_decay, lo=0, hi=1)),
       ema_warmup=_boolean("optim.ema_warmup", config.optim.ema_warmup))
-  optimizer_kwargs = _optimizer_kwargs(config.optim)
+  tx = common_lib.optimizer(config)
   _number("sample.steps", config.sample.steps, integer=True, lo=0)
   use_ema = _boolean("sample.use_ema", config.sample.use_ema)
   return EBMTask(
       network=make_network(net_name, **net_fields),
-      tx=make_optimizer(**optimizer_kwargs),
+      tx=tx,
       settings=settings,
       sample_langevin=dataclasses.replace(settings.langevin, num_steps=sample_steps),
       image_shape=image_shape,
