@@ -575,3 +575,15 @@ def test_fuzz_openapi_no_server_errors(batcher, monkeypatch, mode):
 def test_fuzz_openapi_with_real_sampling(batcher, mode):
   """The same with real sampling (a compile for every new steps / step size)."""
   fuzz(serve.create_app(batcher, manage=False), mode, max_examples=60)
+
+
+def test_launch_mode_serve_takes_a_serve_config(tmp_path):
+  """`python -m launch --mode serve --config configs/serve.py` reaches the server's own checks."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch", "--mode", "serve", "--config", "configs/serve.py",
+       f"--config.models.ddpm_fashion_mnist.workdir={tmp_path / 'missing'}"],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "no checkpoint in" in proc.stderr and "ddpm_fashion_mnist" in proc.stderr
+  assert "unknown" not in proc.stderr.lower()
