@@ -38,11 +38,15 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
 	else echo "chromium not found and no apt-get: the web-page test will be skipped"; fi
 
+# Extra flags, e.g. make demo TRAIN_ARGS=--config.train.time_budget_s=900
+TRAIN_ARGS ?=
+SAMPLE_ARGS ?=
+
 train: setup data
-	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR)
+	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) $(TRAIN_ARGS)
 
 sample: setup
-	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) --mode sample
+	$(PY) -m launch --config $(CONFIG) --workdir $(WORKDIR) --mode sample $(SAMPLE_ARGS)
 
 # Training writes samples/step_<N>.png and figures/loss_curve.png; sample adds
 # a grid + .npz of config.sample.num samples from the EMA weights.
