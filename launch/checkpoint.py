@@ -8,6 +8,7 @@ complete checkpoints visible; `latest_step()` never sees a partial one.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -23,6 +24,9 @@ class Checkpointer:
   """Saves every `every` steps (keeping `keep`), restores the newest."""
 
   def __init__(self, workdir: str | epath.Path, *, keep: int = 3, async_save: bool = True):
+    workdir = str(workdir)
+    if "://" not in workdir:  # Orbax needs absolute local paths (a relative one fails at save)
+      workdir = os.path.abspath(workdir)
     self.directory = epath.Path(workdir) / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,

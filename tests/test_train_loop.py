@@ -95,6 +95,14 @@ def test_checkpoint_round_trip(tmp_path):
   ckpt.close()
 
 
+def test_relative_workdir_saves_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  first = train_lib.train_and_evaluate(_config(train__steps=2, train__ckpt_every=1), "runs/rel")
+  assert (tmp_path / "runs" / "rel" / "checkpoints" / "2").is_dir()
+  again = train_lib.train_and_evaluate(_config(train__steps=3), "runs/rel")
+  assert int(first.step) == 2 and int(again.step) == 3
+
+
 def test_resume_equals_uninterrupted_run(tmp_path):
   full = train_lib.train_and_evaluate(_config(train__steps=6), tmp_path / "full")
   first = train_lib.train_and_evaluate(_config(train__steps=4), tmp_path / "resumed")
