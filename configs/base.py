@@ -125,11 +125,22 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000
   c.eval.classifier_workdir = ""
-  c.eval.inception_weights = ""
+  c.eval.inception_weights = ""       # FID/IS Inception .npz (python -m launch.inception convert)
+  c.eval.ddpm_workdir = ""            # denoiser figures: DDPM samples from the same noise
 
   c.bench = ml_collections.ConfigDict()
-  c.bench.batch_size = 0               # 0 = train.batch_size
-  c.bench.repeats = 10
+  c.bench.batch_size = 0               # train / CD / Langevin batch; 0 = train.batch_size
+  c.bench.repeats = 10                 # timed runs of each program (median, min, max)
+  c.bench.warmup = 2                   # untimed runs after compiling (whole chains: at most 1)
+  c.bench.matmul_size = 2048           # N of the N x N matmul that measures the FLOP/s peak
+  c.bench.dtypes = "float32,bfloat16"  # train-step compute dtypes (bf16 where the task has one)
+  c.bench.sample_batch = 16            # sampling batch (the peer's default for its MNIST UNet)
+  c.bench.sample_steps = 0             # ancestral chain length; 0 = diffusion.num_timesteps
+  c.bench.ddim_steps = 50              # DDIM chain length (capped at T); 0 = no DDIM
+  c.bench.ebm_peer_shape = True        # EBM (tutorial CNN): also at the peer's 32x32x3
+  c.bench.peer = ""                    # path of the PyTorch peer torch_peer.py; "" = none
+  c.bench.peer_modes = "eager"         # the peer's modes: eager, compile (comma-separated)
+  c.bench.peer_threads = 0             # the peer's torch threads; 0 = this process's cores
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data_axis = "data"
@@ -154,4 +165,9 @@ def smoke_run(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.num_samples = 4
   c.sample.num = 4
   c.sample.batch_size = 4
+  c.bench.repeats = 2
+  c.bench.warmup = 1
+  c.bench.matmul_size = 128
+  c.bench.sample_batch = 4
+  c.bench.ddim_steps = 5
   return c

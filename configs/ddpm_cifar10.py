@@ -48,8 +48,10 @@ def get_config(arg=None):
   c.sample.sampler = "ancestral"
   c.sample.variance = "beta"
   c.sample.clip_x0 = True
+  c.eval.num_samples = 50_000          # the FID protocol (README): 50k samples vs the train split
   if arg == "smoke":
     base.smoke_run(c)
+    c.eval.num_samples = 16
     c.model.ch = 16
     c.model.ch_mult = (1, 2)
     c.model.num_res_blocks = 1

@@ -9,7 +9,7 @@ warm-up and a cosine decay to 0 at the last step, global-norm clipping 1,
 EMA 0.995 with warm-up (so that it helps from the first hundreds of steps),
 and DDIM (eta 0, 100 steps, x0 clipped) as the default sampler.
 
-Budget: 1800 steps, about 15 minutes of training on 2 CPU cores (see the
+Budget: 1600 steps, under 15 minutes of training on 2 CPU cores (see the
 README's comparison table for the measured time and FD-fmnist).
 
 Train, then sample (what `make demo` runs):
@@ -49,7 +49,7 @@ def get_config(arg=None):
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.995
   c.optim.ema_warmup = True
-  c.train.steps = 1800
+  c.train.steps = 1600
   c.train.batch_size = 64
   c.train.log_every = 50
   c.train.ckpt_every = 300

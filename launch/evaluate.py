@@ -1,19 +1,559 @@
 """`--mode evaluate`: metrics of a trained workdir, written to `WORKDIR/eval.json`.
 
-Implemented here: the classifier's accuracy on the evaluation split (the
-ceiling for the class accuracy of conditional samples). Each record holds
-the metric, its value and the protocol fields that produced it.
+  python -m launch --config configs/X.py --workdir runs/X --mode evaluate
+
+`eval.json` is a list of records, one per number: {"metric", "value", and the
+protocol fields that produced it}; a table of them is printed too.
+
+Per task:
+  classifier  accuracy on the evaluation split (EMA weights), and the
+              "real-data floor" `fd_train_vs_test`: the FD between N real
+              training images and the test split, N = 1000 and 10000, in
+              the classifier's own feature space.
+  ddpm        `eval.num_samples` samples (conditional models: labels cycling
+              0..9), round-tripped through uint8, scored twice: with the
+              pinned comparison sampler `PINNED_SAMPLER` (DDIM, eta = 0, 100
+              steps, x0 clipped, EMA weights) and with the config's `sample`
+              section (once when the two are the same).
+  denoiser    the same scores for its one-step "ink blots".
+  ebm         the same scores for Langevin samples from noise (sample.steps,
+              0 = ebm.sample_steps), and the OOD AUROC of the energy, test
+              split against each `ebm.ood.make_ood_sets` set.
+
+Scores of generated images:
+  MNIST family (fashion_mnist, mnist): `fd_fmnist`, the Fréchet distance in
+    the penultimate-layer features of the classifier trained by
+    configs/classifier_fashion_mnist.py (`eval.classifier_workdir`) against
+    the test split (10k); the histogram of the classes the classifier
+    predicts; for conditional models the fraction of samples classified as
+    the label they were generated for. 32x32 (padded) samples are
+    centre-cropped back to the classifier's 28x28. The reference statistics
+    are computed once and cached in CLASSIFIER_WORKDIR/fd_reference/.
+  cifar10: FID and Inception Score with the FID Inception-v3
+    (`eval.inception_weights`, see launch/inception.py) against the train
+    split (50k), statistics cached next to the weights file.
+
+Samples made elsewhere (e.g. by a PyTorch program), as an .npz of uint8
+images [N, H, W(, C)] (or [N, C, H, W]), optionally with `labels`:
+
+  python -m launch.evaluate --npz FILE --classifier_workdir DIR [--out eval.json]
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import functools
 import json
+import math
+import os
+import sys
+import types
+from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from etils import epath
 
+from launch import checkpoint as checkpoint_lib
+from launch import config as config_lib
 from launch import data as data_lib
+from launch import figures
+from launch import frechet
 from launch import sample as sample_lib
+
+# The comparison sampler of every DDPM evaluation (steps capped at T).
+PINNED_SAMPLER = {"sampler": "ddim", "steps": 100, "eta": 0.0, "clip_x0": True,
+                  "spacing": "uniform"}
+FLOOR_SIZES = (1000, 10_000)
+CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py "
+                      "--workdir runs/classifier_fashion_mnist")
+FID_REFERENCE_SPLIT = "train"   # CIFAR-10: the DDPM paper's FID is against the train set
+_EVAL_STREAM = 0x45564C         # fold_in tag of the evaluation's sampling key
+_FEATURE_BATCH = 500
+
+
+class MissingClassifierError(FileNotFoundError):
+  """`eval.classifier_workdir` is unset or holds no trained classifier."""
+
+
+def missing_classifier_message(workdir: str | None) -> str:
+  if not workdir:
+    where = "config.eval.classifier_workdir is not set"
+  else:
+    where = f"config.eval.classifier_workdir={str(workdir)!r} holds no trained classifier"
+  return (f"FD-fmnist and the class metrics need the trained Fashion-MNIST classifier, but "
+          f"{where}. Train it once (a few minutes on CPU) with\n  {CLASSIFIER_COMMAND}\n"
+          f"then pass --config.eval.classifier_workdir=runs/classifier_fashion_mnist")
+
+
+# ----------------------------------------------------------------------------
+# Workdir configs.
+
+
+def _with_base_defaults(d: dict) -> dict:
+  """`d` with the keys it lacks (configs older than the code) taken from the base config."""
+  try:
+    from configs import base  # pylint: disable=g-import-not-at-top
+  except ImportError:  # launch/ used without the repository's configs/
+    return d
+
+  def merge(default, given):
+    if not isinstance(default, dict) or not isinstance(given, dict):
+      return given
+    out = dict(default)
+    for k, v in given.items():
+      out[k] = merge(default.get(k), v)
+    return out
+
+  return merge(base.get_base().to_dict(), d)
+
+
+def load_workdir_config(workdir: str | os.PathLike):
+  """The resolved config a workdir was trained with (config.json, else its checkpoint).
+
+  Keys added to the code since the run started get the base config's defaults.
+  """
+  workdir = epath.Path(workdir)
+  path = workdir / "config.json"
+  if path.exists():
+    d = json.loads(path.read_text())
+  elif (workdir / "checkpoints").exists():
+    ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+    try:
+      d = ckpt.restore_config()
+    finally:
+      ckpt.close()
+  else:
+    raise checkpoint_lib.CheckpointError(f"{workdir} holds neither config.json nor checkpoints")
+  return config_lib.from_dict(_with_base_defaults(d))
+
+
+def _data(data_config, **changes) -> types.SimpleNamespace:
+  """An unlocked copy of a `data` section (anything `launch.data` accepts)."""
+  d = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(vars(data_config))
+  d.update(changes)
+  return types.SimpleNamespace(**d)
+
+
+# ----------------------------------------------------------------------------
+# The classifier as a feature network.
+
+
+def _center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  h, w = x.shape[1:3]
+  th, tw = size
+  if (h, w) == (th, tw):
+    return x
+  if h < th or w < tw:
+    raise ValueError(f"images of {h}x{w} are smaller than the classifier's {th}x{tw}")
+  top, left = (h - th) // 2, (w - tw) // 2   # undoes data.pad_to_32's centred padding
+  return x[:, top:top + th, left:left + tw]
+
+
+@dataclasses.dataclass
+class Classifier:
+  """A trained classifier workdir used as feature network.
+
+  Attributes:
+    workdir: its workdir (the reference statistics are cached there).
+    config: its config.
+    task: its `ClassifierTask`.
+    params: the weights used (EMA when its sample.use_ema).
+    step: the checkpoint's step.
+  """
+  workdir: str
+  config: Any
+  task: Any
+  params: Any
+  step: int
+
+  @property
+  def dataset(self) -> str:
+    return self.config.data.name
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.task.image_shape)
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(self.task.apply)
+
+  def features(self, images, batch_size: int = _FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features and logits of images in [-1, 1].
+
+    Args:
+      images: float [N, H, W, C] in [-1, 1]; larger than the classifier's
+        input (e.g. 32x32 padded MNIST) they are centre-cropped.
+      batch_size: images per forward pass (every pass has this shape).
+
+    Returns:
+      (features [N, D], logits [N, K]) float32 NumPy arrays.
+    """
+    x = np.asarray(images, np.float32)
+    if x.ndim != 4 or x.shape[-1] != self.image_shape[-1]:
+      raise ValueError(f"images must be [N, H, W, {self.image_shape[-1]}] for the classifier "
+                       f"in {self.workdir}, got shape {x.shape}")
+    x = _center_crop(x, self.image_shape[:2])
+    n = x.shape[0]
+    bs = max(1, min(batch_size, n))
+    feats, logits = [], []
+    for start in range(0, n, bs):
+      batch = x[start:start + bs]
+      valid = batch.shape[0]
+      if valid < bs:
+        batch = np.concatenate([batch, np.zeros((bs - valid,) + batch.shape[1:], np.float32)])
+      f, l = self._apply(self.params, batch)
+      feats.append(np.asarray(f)[:valid])
+      logits.append(np.asarray(l)[:valid])
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def _one_device(tree):
+  # The state is replicated over the mesh; computing with it there would run
+  # the same program on every device.
+  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
+
+
+def classifier_from_state(config, workdir: str, task, state) -> Classifier:
+  params = _one_device(state.ema_params if config.sample.use_ema else state.params)
+  return Classifier(str(workdir), config, task, params, int(jax.device_get(state.step)))
+
+
+def load_classifier(workdir: str | os.PathLike | None) -> Classifier:
+  """The classifier trained in `workdir` (configs/classifier_fashion_mnist.py).
+
+  Raises:
+    MissingClassifierError: `workdir` is empty or holds no checkpoint; the
+      message says how to train the classifier.
+  """
+  if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
+    raise MissingClassifierError(missing_classifier_message(workdir and str(workdir)))
+  config = load_workdir_config(workdir)
+  if config.task != "classifier":
+    raise ValueError(f"config.eval.classifier_workdir={str(workdir)!r} holds a "
+                     f"{config.task!r} run, not a classifier; train one with\n  "
+                     f"{CLASSIFIER_COMMAND}")
+  run, state = sample_lib.load_trained(config, str(workdir))
+  return classifier_from_state(config, str(workdir), run.task, state)
+
+
+def _split_images(data_config, split: str, limit: int | None = None) -> np.ndarray:
+  """The first `limit` (all: None) images of a split, float [N, H, W, C] in [-1, 1]."""
+  parts, n = [], 0
+  for batch in data_lib.eval_batches(data_config, split, _FEATURE_BATCH):
+    parts.append(batch["image"])
+    n += len(batch["image"])
+    if limit is not None and n >= limit:
+      break
+  x = np.concatenate(parts)
+  return x if limit is None else x[:limit]
+
+
+def _save_stats_atomic(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> None:
+  if jax.process_index() != 0:
+    return
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    frechet.save_stats(str(tmp), mu, sigma)
+    os.replace(str(tmp), str(path))
+  except OSError as e:  # a read-only feature-network directory: recompute next time
+    logging.warning("could not cache reference statistics at %s: %s", path, e)
+
+
+def reference_stats(classifier: Classifier, data_config, split: str
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Feature mean and covariance of a whole real split, cached in the classifier workdir.
+
+  The split is the dataset `data_config.name` names, prepared as the
+  classifier's training data (its data.pad_to_32), all examples (no
+  data.num_examples limit). The cache,
+  CLASSIFIER_WORKDIR/fd_reference/<dataset>_<split>_n<N>_step<step>.npz, is
+  keyed by dataset, split, size and classifier checkpoint.
+
+  Returns:
+    (mu [D], sigma [D, D], N).
+  """
+  data = _data(data_config, num_examples=-1, pad_to_32=bool(classifier.config.data.pad_to_32))
+  n = data_lib.get_info(data, split).num_examples
+  path = (epath.Path(classifier.workdir) / "fd_reference"
+          / f"{data.name}_{split}_n{n}_step{classifier.step}.npz")
+  if path.exists():
+    mu, sigma = frechet.load_stats(str(path))
+    return mu, sigma, n
+  features, _ = classifier.features(_split_images(data, split))
+  mu, sigma = frechet.feature_stats(features)
+  _save_stats_atomic(path, mu, sigma)
+  return mu, sigma, n
+
+
+def _fd_metric_name(classifier: Classifier) -> str:
+  return "fd_fmnist" if classifier.dataset == "fashion_mnist" else f"fd_{classifier.dataset}"
+
+
+def _features_field(classifier: Classifier, dim: int) -> str:
+  return f"penultimate ({dim}-d) of the classifier in {classifier.workdir} (step {classifier.step})"
+
+
+def classifier_scores(classifier: Classifier, images_uint8: np.ndarray, data_config, *,
+                      labels: np.ndarray | None = None, split: str = "test") -> list[dict]:
+  """FD-fmnist, class histogram and (with labels) class accuracy of uint8 images.
+
+  Args:
+    classifier: the feature network.
+    images_uint8: [N, H, W, C] uint8 samples, N >= 2.
+    data_config: the `data` section naming the reference dataset.
+    labels: optional [N] int labels the samples were generated for.
+    split: the reference split.
+
+  Returns:
+    Records: {metric "fd_fmnist", value, reference_split, reference_size,
+    features}, {metric "class_histogram", value = entropy of the predicted
+    class frequencies / log K (1 = balanced), counts}, and with labels
+    {metric "class_accuracy", value, per_class}.
+  """
+  images_uint8 = np.asarray(images_uint8)
+  if images_uint8.dtype != np.uint8:
+    raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
+  mu_ref, sigma_ref, n_ref = reference_stats(classifier, data_config, split)
+  features, logits = classifier.features(figures.from_uint8(images_uint8))
+  fd = frechet.frechet_distance(*frechet.feature_stats(features), mu_ref, sigma_ref)
+  ref = {"reference": f"{data_config.name} {split}", "reference_split": split,
+         "reference_size": n_ref}
+  records = [{"metric": _fd_metric_name(classifier), "value": fd, **ref,
+              "features": _features_field(classifier, features.shape[1])}]
+  k = logits.shape[1]
+  pred = logits.argmax(-1)
+  counts = np.bincount(pred, minlength=k)
+  freq = counts / counts.sum()
+  entropy = -float(np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
+  names = figures.CLASS_NAMES.get(classifier.dataset, tuple(str(i) for i in range(k)))
+  records.append({"metric": "class_histogram", "value": entropy / math.log(k),
+                  "counts": counts.tolist(), "classes": list(names),
+                  "classifier_dataset": classifier.dataset})
+  if labels is not None:
+    labels = np.asarray(labels).reshape(-1)
+    if classifier.dataset != data_config.name:
+      print(f"note: class_accuracy skipped: the classifier was trained on "
+            f"{classifier.dataset}, the samples are {data_config.name}; train one on "
+            f"{data_config.name} with --config.data.name={data_config.name}")
+    else:
+      correct = pred == labels
+      per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else None
+                   for c in range(k)]
+      records.append({"metric": "class_accuracy", "value": float(correct.mean()),
+                      "per_class": per_class})
+  return records
+
+
+def real_data_floor(config, n: int, classifier_workdir: str | None = None, *,
+                    classifier: Classifier | None = None) -> dict:
+  """The FD between the first `n` real training images and the test split.
+
+  What a perfect generator would score with `n` samples (FD is biased
+  upwards at small n): the floor to compare FD-fmnist against.
+
+  Args:
+    config: any config; its `data` section names the dataset and its splits
+      (data.split, data.eval_split).
+    n: number of training images (capped at the split's size).
+    classifier_workdir: the feature network; default config.eval.classifier_workdir.
+    classifier: an already loaded feature network (overrides the workdir).
+
+  Returns:
+    The record {"metric": "fd_train_vs_test", "value", "n", "num_samples", ...}.
+  """
+  classifier = classifier or load_classifier(classifier_workdir or config.eval.classifier_workdir)
+  data = _data(config.data, num_examples=-1, pad_to_32=bool(classifier.config.data.pad_to_32))
+  mu_ref, sigma_ref, n_ref = reference_stats(classifier, data, data.eval_split)
+  features, _ = classifier.features(_split_images(data, data.split, int(n)))
+  fd = frechet.frechet_distance(*frechet.feature_stats(features), mu_ref, sigma_ref)
+  return {"metric": "fd_train_vs_test", "value": fd, "n": int(n),
+          "num_samples": int(features.shape[0]), "samples": f"first {features.shape[0]} of "
+          f"{data.name} {data.split}", "reference_split": data.eval_split,
+          "reference_size": n_ref, "features": _features_field(classifier, features.shape[1]),
+          "uint8_roundtrip": True}
+
+
+# ----------------------------------------------------------------------------
+# Inception FID / IS (CIFAR-10).
+
+
+def _check_inception_weights(path: str) -> None:
+  from launch import inception
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(inception.missing_weights_message(path))
+
+
+def inception_scores(images_uint8: np.ndarray, data_config, weights: str,
+                     split: str = FID_REFERENCE_SPLIT) -> list[dict]:
+  """FID against a real split (statistics cached next to the weights) and IS."""
+  from launch import inception
+  apply_fn, variables = inception.load_inception(weights)
+  data = _data(data_config, num_examples=-1, pad_to_32=False)
+  n_ref = data_lib.get_info(data, split).num_examples
+  stem = os.path.splitext(os.path.basename(weights))[0]
+  cache = epath.Path(os.path.dirname(os.path.abspath(weights))) / (
+      f"fid_reference_{stem}_{data.name}_{split}_n{n_ref}.npz")
+  if cache.exists():
+    mu_ref, sigma_ref = frechet.load_stats(str(cache))
+  else:
+    real, _ = data_lib.load_arrays(data, split)
+    pool, _ = inception.inception_features(apply_fn, variables, real)
+    mu_ref, sigma_ref = frechet.feature_stats(pool)
+    _save_stats_atomic(cache, mu_ref, sigma_ref)
+  pool, logits = inception.inception_features(apply_fn, variables, images_uint8)
+  fid = frechet.frechet_distance(*frechet.feature_stats(pool), mu_ref, sigma_ref)
+  splits = 10 if len(logits) >= 10 else 1
+  is_mean, is_std = inception.inception_score(logits, splits=splits, kind="logits")
+  ref = {"reference": f"{data.name} {split}", "reference_split": split,
+         "reference_size": n_ref, "features": f"Inception-v3 pool3 ({weights})"}
+  return [{"metric": "fid", "value": fid, **ref},
+          {"metric": "inception_score", "value": is_mean, "std": is_std, "splits": splits,
+           "features": f"Inception-v3 logits ({weights})"}]
+
+
+# ----------------------------------------------------------------------------
+# Generated samples.
+
+
+def _check_feature_network(config) -> None:
+  """Fails before any sampling when the feature network of the dataset is missing."""
+  if config.data.name in data_lib.MNIST_FAMILY:
+    workdir = config.eval.classifier_workdir
+    if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
+      raise MissingClassifierError(missing_classifier_message(workdir))
+  else:
+    _check_inception_weights(config.eval.inception_weights)
+
+
+def generate(task, params, key: jax.Array, num: int, batch_size: int, options: dict,
+             labels: np.ndarray | None = None) -> np.ndarray:
+  """`num` samples in batches of one compiled shape; float [num, H, W, C] on the host.
+
+  Args:
+    task: a task with `sample`.
+    params: its sampling parameters.
+    key: PRNG key; batch b uses fold_in(key, b * batch_size).
+    num: number of samples.
+    batch_size: samples per call (the last call is padded and cut).
+    options: static keyword options of `task.sample` (no label).
+    labels: optional [num] int labels (conditional models).
+  """
+  bs = max(1, min(int(batch_size), num))
+  fn = jax.jit(functools.partial(task.sample, num=bs, **options))
+  out = []
+  for start in range(0, num, bs):
+    k = jax.random.fold_in(key, start)
+    if labels is None:
+      images = fn(params, k)
+    else:
+      lab = np.resize(np.asarray(labels[start:start + bs], np.int32), bs)
+      images = fn(params, k, label=jnp.asarray(lab))
+    images = images[0] if isinstance(images, tuple) else images
+    out.append(np.asarray(jax.device_get(images))[:num - start])
+  return np.concatenate(out)
+
+
+def _score(config, images_uint8, labels, scorer) -> list[dict]:
+  if config.data.name in data_lib.MNIST_FAMILY:
+    return classifier_scores(scorer(), images_uint8, config.data, labels=labels,
+                             split=config.data.eval_split)
+  return inception_scores(images_uint8, config.data, config.eval.inception_weights)
+
+
+def _diffusion_settings(config, task) -> list[tuple[str, dict, bool]]:
+  """(protocol name, sample options without label, use EMA) of a DDPM/denoiser evaluation."""
+  options = {k: v for k, v in task.sample_options(config).items() if k != "label"}
+  if config.task == "denoiser":
+    return [("config", options, bool(config.sample.use_ema))]
+  num_timesteps = task.schedule.num_timesteps
+  pinned = dict(options, **PINNED_SAMPLER)
+  pinned["steps"] = min(PINNED_SAMPLER["steps"], num_timesteps)
+
+  def key(opts, ema):
+    steps = opts["steps"] if opts["sampler"] == "ddim" and opts["steps"] else num_timesteps
+    eta = opts["eta"] if opts["sampler"] == "ddim" else None
+    spacing = opts["spacing"] if opts["sampler"] == "ddim" else None
+    variance = opts["variance"] if opts["sampler"] != "ddim" else None
+    return (opts["sampler"], steps, eta, spacing, variance, opts["clip_x0"],
+            opts["guidance"], ema)
+
+  settings = [("pinned", pinned, True)]
+  if key(options, bool(config.sample.use_ema)) != key(pinned, True):
+    settings.append(("config", options, bool(config.sample.use_ema)))
+  return settings
+
+
+def _sampler_fields(config, task, options: dict) -> dict:
+  if config.task == "denoiser":
+    return {"sampler": "one_step", "steps": 1}
+  if config.task == "ebm":
+    return {"sampler": "langevin", "steps": int(options["steps"]),
+            "step_size": float(config.ebm.step_size),
+            "noise_scale": float(config.ebm.noise_scale)}
+  t = task.schedule.num_timesteps
+  fields = {"sampler": options["sampler"],
+            "steps": int(options["steps"] or t) if options["sampler"] == "ddim" else t,
+            "clip_x0": bool(options["clip_x0"])}
+  if options["sampler"] == "ddim":
+    fields.update(eta=float(options["eta"]), spacing=options["spacing"])
+  else:
+    fields.update(eta=None, variance=options["variance"])
+  if task.num_classes:
+    fields["guidance"] = float(options["guidance"])
+  return fields
+
+
+def _evaluate_generative(config, workdir, run, state) -> list[dict]:
+  task = run.task
+  step = int(jax.device_get(state.step))
+  n = int(config.eval.num_samples)
+  if n < 2:
+    raise ValueError(f"config.eval.num_samples={n}: need at least 2 samples for a covariance")
+  scorer = functools.lru_cache(maxsize=1)(
+      lambda: load_classifier(config.eval.classifier_workdir))
+  labels = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
+  key = jax.random.fold_in(run.keys["sample"], _EVAL_STREAM)
+  if config.task == "ebm":
+    settings = [("config", task.sample_options(config), bool(config.sample.use_ema))]
+  else:
+    settings = _diffusion_settings(config, task)
+  records = []
+  for protocol, options, use_ema in settings:
+    params = _one_device(state.ema_params if use_ema else state.params)
+    images = generate(task, params, key, n, config.sample.batch_size, options, labels)
+    uint8 = figures.to_uint8(images)
+    fields = {"protocol": protocol, "num_samples": n, **_sampler_fields(config, task, options),
+              "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
+              "uint8_roundtrip": True}
+    if labels is not None:
+      fields["labels"] = "cycling 0..9"
+    for r in _score(config, uint8, labels, scorer):
+      records.append({"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r})
+  if config.task == "ebm":
+    records += _ood_records(config, task, state, step)
+  return records
+
+
+def _ood_records(config, task, state, step: int) -> list[dict]:
+  params = _one_device(task.sample_params(state))
+  x_in = _split_images(config.data, config.data.eval_split)
+  key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_STREAM)
+  aurocs = jax.device_get(task.ood_evaluate(params, jnp.asarray(x_in), key))
+  return [{"metric": f"ood_auroc_{name}", "value": float(value), "ood_set": name,
+           "in_distribution": f"{config.data.name} {config.data.eval_split}",
+           "num_examples": int(len(x_in)), "score": "energy (higher = OOD)",
+           "weights": "ema" if config.sample.use_ema else "raw", "step": step,
+           "seed": int(config.seed)}
+          for name, value in sorted(aurocs.items())]
+
+
+# ----------------------------------------------------------------------------
+# The classifier workdir.
 
 
 def classifier_accuracy(task, params, data_config, split: str, batch_size: int = 500) -> dict:
@@ -29,20 +569,171 @@ def classifier_accuracy(task, params, data_config, split: str, batch_size: int =
           "num_examples": int(len(labels))}
 
 
-def evaluate_workdir(config, workdir: str) -> list[dict]:
-  run, state = sample_lib.load_trained(config, workdir)
-  if config.task != "classifier":
-    raise ValueError(f"--mode evaluate is available for task 'classifier' only so far, "
-                     f"not for {config.task!r}")
+def _evaluate_classifier(config, workdir, run, state) -> list[dict]:
   params = state.ema_params if config.sample.use_ema else state.params
   result = classifier_accuracy(run.task, params, config.data, config.data.eval_split)
+  weights = "ema" if config.sample.use_ema else "raw"
+  step = int(jax.device_get(state.step))
   records = [{"metric": "accuracy", "value": result["accuracy"],
               "split": config.data.eval_split, "num_examples": result["num_examples"],
-              "weights": "ema" if config.sample.use_ema else "raw",
-              "step": int(state.step), "per_class": result["per_class_accuracy"]}]
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / "eval.json").write_text(json.dumps(records, indent=2))
-    for r in records:
-      print(f"{r['metric']:>12s}  {r['value']:.4f}  (split={r['split']}, n={r['num_examples']}, "
-            f"weights={r['weights']}, step={r['step']})")
+              "weights": weights, "step": step, "per_class": result["per_class_accuracy"]}]
+  classifier = classifier_from_state(config, workdir, run.task, state)
+  for n in FLOOR_SIZES:
+    records.append({**real_data_floor(config, n, classifier=classifier), "weights": weights,
+                    "step": step})
   return records
+
+
+# ----------------------------------------------------------------------------
+# Output.
+
+_TABLE_FIELDS = ("protocol", "sampler", "steps", "eta", "clip_x0", "guidance", "weights",
+                 "num_samples", "n", "num_examples", "reference_split", "reference_size",
+                 "ood_set", "step")
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def format_table(records: Sequence[dict]) -> str:
+  """One line per record: metric, value and the main protocol fields."""
+  lines = []
+  for r in records:
+    details = ", ".join(f"{k}={r[k]}" for k in _TABLE_FIELDS if r.get(k) is not None)
+    if "counts" in r:
+      details += f", counts={r['counts']}"
+    lines.append(f"{r['metric']:>26s}  {r['value']:10.4f}  {details}")
+  return "\n".join(lines)
+
+
+def write_records(records: list[dict], path: str | os.PathLike) -> None:
+  if jax.process_index() == 0:
+    epath.Path(path).write_text(json.dumps(_jsonable(records), indent=2))
+
+
+def evaluate_workdir(config, workdir: str) -> list[dict]:
+  """Evaluates the newest checkpoint of `workdir`; writes WORKDIR/eval.json, prints a table.
+
+  Raises:
+    MissingClassifierError / FileNotFoundError: the feature network of the
+      dataset is missing (checked before the model is loaded); the message
+      says how to get it.
+  """
+  if config.task != "classifier":
+    _check_feature_network(config)
+  run, state = sample_lib.load_trained(config, workdir)
+  if config.task == "classifier":
+    records = _evaluate_classifier(config, workdir, run, state)
+  else:
+    records = _evaluate_generative(config, workdir, run, state)
+  records = _jsonable(records)
+  write_records(records, epath.Path(workdir) / "eval.json")
+  if jax.process_index() == 0:
+    print(format_table(records))
+    print(f"wrote {epath.Path(workdir) / 'eval.json'}")
+  return records
+
+
+# ----------------------------------------------------------------------------
+# Samples from elsewhere: python -m launch.evaluate --npz FILE --classifier_workdir DIR
+
+
+def load_npz_images(path: str | os.PathLike, key: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 images [N, H, W, C] (and `labels` if present) of an .npz.
+
+  The images are the array `key`, else "images", else the file's only array
+  (besides "labels"); [N, H, W] and [N, C, H, W] (C = 1 or 3) are accepted.
+  """
+  with np.load(os.fspath(path)) as f:
+    names = [k for k in f.files if k != "labels"]
+    if key is None:
+      if "images" in f.files:
+        key = "images"
+      elif len(names) == 1:
+        key = names[0]
+      else:
+        raise ValueError(f"{path} holds {f.files}: say which are the images (--key)")
+    images = np.asarray(f[key])
+    labels = np.asarray(f["labels"]) if "labels" in f.files else None
+  if images.dtype != np.uint8:
+    raise TypeError(f"{path}[{key!r}] is {images.dtype}; save the samples as uint8 "
+                    "(0..255, e.g. launch.figures.to_uint8 of [-1, 1] images)")
+  if images.ndim == 3:
+    images = images[..., None]
+  elif images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+    images = np.transpose(images, (0, 2, 3, 1))   # NCHW (PyTorch) -> NHWC
+  if images.ndim != 4:
+    raise ValueError(f"{path}[{key!r}] has shape {images.shape}, expected [N, H, W(, C)]")
+  return images, labels
+
+
+def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str = "test",
+                 dataset: str | None = None, key: str | None = None, data_dir: str = "",
+                 manual_dir: str = "") -> list[dict]:
+  """FD-fmnist and class histogram (and class accuracy with labels) of uint8 samples.
+
+  Args:
+    path: .npz of uint8 images (see `load_npz_images`), optionally with
+      `labels` [N] (the classes they were generated for).
+    classifier_workdir: the trained classifier (feature network).
+    split: the real reference split.
+    dataset: the reference dataset; default the classifier's.
+    key: the images' array name in the .npz.
+    data_dir, manual_dir: where the dataset is (as config.data.*).
+
+  Returns:
+    The records, as in eval.json.
+  """
+  classifier = load_classifier(classifier_workdir)
+  images, labels = load_npz_images(path, key)
+  changes = {"name": dataset} if dataset else {}
+  if data_dir:
+    changes["data_dir"] = data_dir
+  if manual_dir:
+    changes["manual_dir"] = manual_dir
+  data = _data(classifier.config.data, **changes)
+  records = classifier_scores(classifier, images, data, labels=labels, split=split)
+  fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True}
+  return _jsonable([{"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r}
+                    for r in records])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m launch.evaluate",
+      description="FD-fmnist and class histogram of uint8 samples stored in an .npz.")
+  parser.add_argument("--npz", required=True, help="samples: .npz of uint8 [N, H, W(, C)]")
+  parser.add_argument("--classifier_workdir", required=True,
+                      help=f"trained classifier workdir (train: {CLASSIFIER_COMMAND})")
+  parser.add_argument("--split", default="test", help="reference split (default test)")
+  parser.add_argument("--dataset", default=None, help="reference dataset (default: the "
+                      "classifier's)")
+  parser.add_argument("--key", default=None, help="array name of the images in the .npz")
+  parser.add_argument("--data_dir", default="", help="tfds data_dir (config.data.data_dir)")
+  parser.add_argument("--manual_dir", default="", help="IDX files (config.data.manual_dir)")
+  parser.add_argument("--out", default=None, help="also write the records to this JSON file")
+  args = parser.parse_args(argv)
+  try:
+    records = evaluate_npz(args.npz, args.classifier_workdir, split=args.split,
+                           dataset=args.dataset, key=args.key, data_dir=args.data_dir,
+                           manual_dir=args.manual_dir)
+  except (FileNotFoundError, ValueError, TypeError, checkpoint_lib.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(format_table(records))
+  if args.out:
+    write_records(records, args.out)
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

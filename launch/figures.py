@@ -347,24 +347,26 @@ def class_grid_figure(images, class_names: Sequence[str],
   return fig
 
 
-def ink_blot_figure(denoiser, ddpm, noise=None,
+def ink_blot_figure(denoiser, ddpm=None, noise=None,
                     title: str | None = "One-step 50/50 denoiser vs DDPM, same noise") -> Figure:
   """The one-step denoiser's "ink blots" next to DDPM samples from the same noise.
 
   Args:
     denoiser: [N, H, W, C] one-step denoiser outputs.
-    ddpm: [N, H, W, C] DDPM samples started from the same noise.
+    ddpm: optional [N, H, W, C] DDPM samples started from the same noise
+      (None: the ink blots alone).
     noise: optional [N, H, W, C] that noise, shown as a first row.
     title: figure title.
 
   Returns:
-    A figure with 2 axes (3 with noise).
+    A figure with one axes per row: noise, denoiser, DDPM (those given).
   """
   rows = []
   if noise is not None:
     rows.append(("noise", _as_batch(noise, "noise")))
   rows.append(("one-step\ndenoiser", _as_batch(denoiser, "denoiser")))
-  rows.append(("DDPM", _as_batch(ddpm, "ddpm")))
+  if ddpm is not None:
+    rows.append(("DDPM", _as_batch(ddpm, "ddpm")))
   return _row_panels(rows, title)
 
 
@@ -441,6 +443,39 @@ def training_curves_figure(series: Mapping[str, Tuple[Sequence[float], Sequence[
   ax.set_ylabel(ylabel)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return fig
+
+
+def confusion_matrix_figure(matrix, class_names: Sequence[str],
+                            title: str | None = "Confusion matrix (rows: true class)") -> Figure:
+  """A classifier's confusion matrix, counts written in the cells.
+
+  Args:
+    matrix: [K, K] counts, matrix[i, j] = examples of class i predicted as j.
+    class_names: K names.
+    title: axes title.
+
+  Returns:
+    A figure with one axes.
+  """
+  m = np.asarray(matrix)
+  k = len(class_names)
+  if m.shape != (k, k):
+    raise ValueError(f"matrix must be [{k}, {k}] for {k} class names, got {m.shape}")
+  fig = _new_figure(0.55 * k + 2.5, 0.55 * k + 1.8)
+  ax = fig.add_subplot()
+  rows = np.maximum(m.sum(axis=1, keepdims=True), 1)
+  ax.imshow(m / rows, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=6,
+              color="white" if m[i, j] / rows[i, 0] > 0.5 else "black")
+  ax.set_xticks(range(k), [str(c) for c in class_names], rotation=90, fontsize=7)
+  ax.set_yticks(range(k), [str(c) for c in class_names], fontsize=7)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
   if title:
     ax.set_title(title)
   return fig

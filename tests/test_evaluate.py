@@ -1,29 +1,203 @@
-"""`--mode evaluate` on a trained classifier workdir."""
+"""`--mode evaluate` on smoke workdirs (classifier, conditional DDPM, EBM) and on .npz files.
+
+Everything runs on `tfds.testing.mock_data`. The classifier (the feature
+network) is trained once per module; the generative workdirs hold their
+initial state (the metrics do not need a trained model, and compiling their
+train steps would triple the time).
+"""
 import json
+import math
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
+from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import evaluate
+from launch import inception
 from launch import train as train_lib
+from launch import writers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+MOCK_EXAMPLES = 40
+NUM_SAMPLES = 12
+PROTOCOL_FIELDS = ("num_samples", "sampler", "steps", "weights", "step", "seed",
+                   "uint8_roundtrip")
 
 
-def test_classifier_accuracy_matches_a_direct_count(tmp_path):
-  with tfds.testing.mock_data(num_examples=40):
-    config = config_lib.load(f"{ROOT}/configs/classifier_fashion_mnist.py:smoke")
-    state = train_lib.train_and_evaluate(config, tmp_path)
-    records = evaluate.evaluate_workdir(config, str(tmp_path))
-    task = train_lib.prepare(config).task
-    images, labels = data_lib.load_arrays(config.data, "test")
-    logits = task.apply(jax.device_get(state.ema_params), data_lib.preprocess(images, config.data))[1]
-    expected = float(np.mean(np.argmax(logits, -1) == labels))
-  assert records[0]["metric"] == "accuracy" and records[0]["num_examples"] == 40
+@pytest.fixture(scope="module", autouse=True)
+def mock_data():
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    yield
+
+
+def _config(name, **overrides):
+  return config_lib.load(f"{ROOT}/configs/{name}.py", overrides)
+
+
+def _untrained(tmp_path_factory, spec, metrics, **overrides):
+  """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
+  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
+  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
+  run = train_lib.prepare(config)
+  config_json = config_lib.to_json(config)
+  (workdir / "config.json").write_text(config_json)
+  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+  ckpt.save(0, train_lib.init_state(run), config_json, force=True)
+  ckpt.close()
+  writer = writers.MetricWriter(workdir)
+  for step in (1, 2):
+    writer.write(step, {name: value / step for name, value in metrics.items()})
+  writer.close()
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("classifier")
+  config = config_lib.load(f"{ROOT}/configs/classifier_fashion_mnist.py:smoke")
+  state = train_lib.train_and_evaluate(config, workdir)
+  return config, workdir, state
+
+
+
+
+def _check_records(records, workdir):
+  saved = json.loads((workdir / "eval.json").read_text())
+  assert saved == records
+  for r in records:
+    assert isinstance(r["metric"], str) and math.isfinite(r["value"]), r
+  return {(r.get("protocol"), r["metric"]): r for r in records}
+
+
+def test_classifier_accuracy_and_real_data_floor(classifier):
+  config, workdir, state = classifier
+  records = evaluate.evaluate_workdir(config, str(workdir))
+  task = train_lib.prepare(config).task
+  images, labels = data_lib.load_arrays(config.data, "test")
+  logits = task.apply(jax.device_get(state.ema_params),
+                      data_lib.preprocess(images, config.data))[1]
+  expected = float(np.mean(np.argmax(logits, -1) == labels))
+  assert records[0]["metric"] == "accuracy" and records[0]["num_examples"] == MOCK_EXAMPLES
   np.testing.assert_allclose(records[0]["value"], expected)
-  saved = json.loads((tmp_path / "eval.json").read_text())
-  assert saved[0]["value"] == records[0]["value"] and saved[0]["weights"] == "ema"
+  assert records[0]["weights"] == "ema"
+  floors = [r for r in records if r["metric"] == "fd_train_vs_test"]
+  assert [r["n"] for r in floors] == [1000, 10_000]
+  for r in floors:   # capped at the mock split's size
+    assert r["num_samples"] == MOCK_EXAMPLES and r["reference_size"] == MOCK_EXAMPLES
+    assert r["value"] >= 0
+  _check_records(records, workdir)
+  # The reference statistics were cached in the classifier workdir, keyed by the checkpoint.
+  cached = sorted(p.name for p in (workdir / "fd_reference").iterdir())
+  assert cached == [f"fashion_mnist_test_n{MOCK_EXAMPLES}_step{config.train.steps}.npz"]
+  floor = evaluate.real_data_floor(config, 8, str(workdir))
+  assert floor["num_samples"] == 8 and floor["value"] > 0
+
+
+def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier):
+  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
+                               **{"data.name": "fashion_mnist", "eval.num_samples": NUM_SAMPLES,
+                                  "eval.classifier_workdir": str(classifier[1])})
+  records = evaluate.evaluate_workdir(config, str(workdir))
+  by_key = _check_records(records, workdir)
+  t = config.diffusion.num_timesteps
+  assert set(by_key) == {(p, m) for p in ("pinned", "config")
+                         for m in ("fd_fmnist", "class_histogram", "class_accuracy")}
+  for protocol, sampler in (("pinned", "ddim"), ("config", "ancestral")):
+    fd = by_key[(protocol, "fd_fmnist")]
+    for field in PROTOCOL_FIELDS + ("clip_x0", "eta", "reference_split", "reference_size"):
+      assert field in fd, field
+    assert fd["sampler"] == sampler and fd["steps"] == t and fd["num_samples"] == NUM_SAMPLES
+    assert fd["weights"] == "ema" and fd["step"] == 0
+    assert fd["uint8_roundtrip"] is True and fd["reference_size"] == MOCK_EXAMPLES
+    assert fd["labels"] == "cycling 0..9" and fd["guidance"] == config.sample.guidance
+    hist = by_key[(protocol, "class_histogram")]
+    assert sum(hist["counts"]) == NUM_SAMPLES and 0 <= hist["value"] <= 1
+    acc = by_key[(protocol, "class_accuracy")]
+    assert 0 <= acc["value"] <= 1 and len(acc["per_class"]) == 10
+  assert by_key[("pinned", "fd_fmnist")]["eta"] == 0.0
+
+
+def test_ebm_samples_and_ood(tmp_path_factory, classifier):
+  config, workdir = _untrained(tmp_path_factory, "ebm_fashion_mnist.py:smoke", {"loss": 0.1},
+                               **{"eval.classifier_workdir": str(classifier[1])})
+  records = evaluate.evaluate_workdir(config, str(workdir))
+  by_key = _check_records(records, workdir)
+  fd = by_key[("config", "fd_fmnist")]
+  assert fd["sampler"] == "langevin" and fd["steps"] == config.ebm.sample_steps
+  assert fd["num_samples"] == config.eval.num_samples and fd["weights"] == "raw"
+  ood = {r["ood_set"]: r for r in records if r["metric"].startswith("ood_auroc_")}
+  assert set(ood) == {"uniform_noise", "inverted", "vflip", "hflip", "gaussian_noised"}
+  for r in ood.values():
+    assert 0 <= r["value"] <= 1 and r["num_examples"] == MOCK_EXAMPLES
+
+
+def test_npz_of_the_test_split_scores_zero(tmp_path, classifier):
+  config, workdir, _ = classifier
+  images, labels = data_lib.load_arrays(config.data, "test")
+  # As a PyTorch program would save them: 32x32 padded, NCHW; with their labels.
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))).transpose(0, 3, 1, 2)
+  path = tmp_path / "samples.npz"
+  np.savez(path, images=padded, labels=labels)
+  records = {r["metric"]: r for r in evaluate.evaluate_npz(path, str(workdir))}
+  assert records["fd_fmnist"]["value"] < 1e-6
+  assert records["fd_fmnist"]["num_samples"] == MOCK_EXAMPLES
+  assert sum(records["class_histogram"]["counts"]) == MOCK_EXAMPLES
+  assert records["class_accuracy"]["value"] == pytest.approx(float(np.mean(
+      np.argmax(train_lib.prepare(config).task.apply(
+          jax.device_get(classifier[2].ema_params),
+          data_lib.preprocess(images, config.data))[1], -1) == labels)))
+  # The command line, on the first half as [N, H, W] without labels.
+  half = tmp_path / "half.npz"
+  np.savez(half, images[:MOCK_EXAMPLES // 2, ..., 0])
+  out = tmp_path / "half.json"
+  assert evaluate.main(["--npz", str(half), "--classifier_workdir", str(workdir),
+                        "--out", str(out)]) == 0
+  saved = {r["metric"]: r for r in json.loads(out.read_text())}
+  assert set(saved) == {"fd_fmnist", "class_histogram"} and saved["fd_fmnist"]["value"] > 0
+
+
+def test_missing_classifier_says_how_to_train_it(tmp_path):
+  config = _config("ddpm_fashion_mnist")   # no eval.classifier_workdir: fails before loading
+  with pytest.raises(evaluate.MissingClassifierError) as e:
+    evaluate.evaluate_workdir(config, str(tmp_path))
+  assert "config.eval.classifier_workdir" in str(e.value)
+  assert evaluate.CLASSIFIER_COMMAND in str(e.value)
+  with pytest.raises(FileNotFoundError, match="no trained classifier"):
+    evaluate.evaluate_npz(tmp_path / "x.npz", str(tmp_path / "nothing"))
+
+
+def test_missing_inception_weights_say_which_file(tmp_path):
+  config = _config("ddpm_cifar10", **{"eval.inception_weights": str(tmp_path / "fid.npz")})
+  with pytest.raises(FileNotFoundError) as e:
+    evaluate.evaluate_workdir(config, str(tmp_path))
+  message = str(e.value)
+  assert str(tmp_path / "fid.npz") in message and inception.PTH_FILENAME in message
+  assert inception.PTH_URL in message and "python -m launch.inception convert" in message
+
+
+def test_inception_fid_and_is_with_a_stand_in_network(tmp_path, monkeypatch):
+  """The CIFAR-10 path, with a tiny stand-in for the 23M-parameter Inception."""
+  def apply_fn(variables, images_uint8):
+    x = jnp.asarray(images_uint8, jnp.float32).reshape(images_uint8.shape[0], -1)
+    return x[:, :8] @ variables["w"], x[:, :16] @ variables["v"]
+
+  rng = np.random.default_rng(0)
+  variables = {"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32),
+               "v": jnp.asarray(rng.normal(size=(16, 5)) / 100, jnp.float32)}
+  monkeypatch.setattr(inception, "load_inception", lambda path: (apply_fn, variables))
+  weights = tmp_path / "inception_fid.npz"
+  weights.write_bytes(b"")
+  data_config = config_lib.load(f"{ROOT}/configs/ddpm_cifar10.py:smoke").data
+  real, _ = data_lib.load_arrays(data_config, "train")
+  records = {r["metric"]: r for r in evaluate.inception_scores(real, data_config, str(weights))}
+  assert records["fid"]["value"] < 1e-6   # the train split against itself
+  assert records["fid"]["reference_split"] == "train"
+  assert records["fid"]["reference_size"] == MOCK_EXAMPLES
+  assert records["inception_score"]["value"] >= 1.0 and records["inception_score"]["splits"] == 10
+  assert (tmp_path / f"fid_reference_inception_fid_cifar10_train_n{MOCK_EXAMPLES}.npz").exists()

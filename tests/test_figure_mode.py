@@ -1,0 +1,116 @@
+"""`--mode figures` on smoke workdirs of every task (and `--mode evaluate` of the denoiser).
+
+Everything runs on `tfds.testing.mock_data`. The classifier is trained once
+per module; the generative workdirs hold their initial state (figures do not
+need a trained model, and compiling their train steps would triple the time).
+"""
+import json
+import math
+import pathlib
+
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from launch import checkpoint as checkpoint_lib
+from launch import config as config_lib
+from launch import evaluate
+from launch import figure_mode
+from launch import train as train_lib
+from launch import writers
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MOCK_EXAMPLES = 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mock_data():
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    yield
+
+
+def _train(tmp_path_factory, spec, **overrides):
+  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
+  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
+  train_lib.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _untrained(tmp_path_factory, spec, metrics, **overrides):
+  """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
+  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
+  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
+  run = train_lib.prepare(config)
+  config_json = config_lib.to_json(config)
+  (workdir / "config.json").write_text(config_json)
+  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+  ckpt.save(0, train_lib.init_state(run), config_json, force=True)
+  ckpt.close()
+  writer = writers.MetricWriter(workdir)
+  for step in (1, 2):
+    writer.write(step, {name: value / step for name, value in metrics.items()})
+  writer.close()
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+  return _train(tmp_path_factory, "classifier_fashion_mnist.py:smoke")
+
+
+@pytest.fixture(scope="module")
+def ddpm(tmp_path_factory):
+  return _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0})
+
+
+def _check_pngs(written, workdir, names):
+  assert [p.name for p in written] == [f"{n}.png" for n in names]
+  for path in written:
+    path = pathlib.Path(path)
+    assert path.parent == workdir / "figures" and path.stat().st_size > 1000
+    with Image.open(path) as im:
+      im.verify()
+    with Image.open(path) as im:
+      assert im.format == "PNG" and im.width >= 100 and im.height >= 70
+
+
+def test_ddpm_figures(ddpm, capsys):
+  config, workdir = ddpm
+  written = figure_mode.figures_workdir(config, str(workdir))
+  _check_pngs(written, workdir, ("forward_process", "noisy_batch", "trajectories", "fixed_init",
+                                 "class_grid", "training_curve"))
+  out = capsys.readouterr().out
+  assert all(str(p) in out for p in written)
+
+
+def test_denoiser_ink_blots_with_and_without_ddpm(tmp_path_factory, ddpm, classifier):
+  config, workdir = _untrained(tmp_path_factory, "denoiser_fashion_mnist.py:smoke",
+                               {"loss": 0.5}, **{"eval.ddpm_workdir": str(ddpm[1]),
+                                                 "eval.classifier_workdir": str(classifier[1]),
+                                                 "eval.num_samples": 8})
+  written = figure_mode.figures_workdir(config, str(workdir))
+  _check_pngs(written, workdir, ("ink_blots", "training_curve"))
+  size_with_ddpm = Image.open(written[0]).height
+  alone = config_lib.load(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke")
+  written = figure_mode.figures_workdir(alone, str(workdir))
+  _check_pngs(written, workdir, ("ink_blots", "training_curve"))
+  assert Image.open(written[0]).height < size_with_ddpm   # one row fewer
+  # --mode evaluate of the one-step samples.
+  records = evaluate.evaluate_workdir(config, str(workdir))
+  assert [r["metric"] for r in records] == ["fd_fmnist", "class_histogram"]
+  assert all(math.isfinite(r["value"]) and r["sampler"] == "one_step" and r["num_samples"] == 8
+             for r in records)
+  assert json.loads((workdir / "eval.json").read_text()) == records
+
+
+def test_ebm_figures(tmp_path_factory):
+  config, workdir = _untrained(tmp_path_factory, "ebm_fashion_mnist.py:smoke",
+                               {"loss": 0.1, "energy_pos": -1.0, "energy_neg": 1.0})
+  written = figure_mode.figures_workdir(config, str(workdir))
+  _check_pngs(written, workdir, ("langevin_chain", "buffer", "energies", "training_curve"))
+
+
+def test_classifier_figures(classifier):
+  config, workdir = classifier
+  written = figure_mode.figures_workdir(config, str(workdir))
+  _check_pngs(written, workdir, ("training_curve", "confusion_matrix"))
