@@ -73,29 +73,34 @@ def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def make_optimizer(*, name: str = "adam", lr: float, warmup_steps: int = 0,
-                   b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0,
-                   grad_clip: float = 0.0, decay: str = "constant",
-                   decay_steps: int = 0, final_lr_factor: float = 0.0
-                   ) -> optax.GradientTransformation:
-  """Adam(W) with linear warm-up, an optional decay and global-norm clipping.
+def make_lr_schedule(lr: float, warmup_steps: int = 0, decay: str = "constant",
+                     decay_steps: int = 0, final_lr_factor: float = 0.0) -> optax.Schedule:
+  """The learning rate at each update (optax counts updates from 0).
 
-  decay "constant" keeps `lr` after the warm-up (the DDPM paper); "cosine"
-  anneals it to `final_lr_factor * lr` at `decay_steps` (warm-up included),
-  which helps short CPU budgets.
+  decay "constant" keeps `lr` after the linear warm-up (the DDPM paper);
+  "cosine" anneals it to `final_lr_factor * lr` at `decay_steps` (warm-up
+  included), which helps short CPU budgets.
   """
   if decay == "cosine":
     if decay_steps <= warmup_steps:
       raise ValueError(f"cosine decay needs decay_steps ({decay_steps}) > warmup_steps "
                        f"({warmup_steps})")
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup_steps, decay_steps, end_value=final_lr_factor * lr)
-  elif decay != "constant":
+  if decay != "constant":
     raise ValueError(f"optim.decay: unknown schedule {decay!r}; allowed: 'constant', 'cosine'")
-  elif warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, lr, warmup_steps)
-  else:
-    schedule = lr
+  if warmup_steps > 0:
+    return optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(*, name: str = "adam", lr: float, warmup_steps: int = 0,
+                   b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0,
+                   grad_clip: float = 0.0, decay: str = "constant",
+                   decay_steps: int = 0, final_lr_factor: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """Adam(W) on `make_lr_schedule(...)` with optional global-norm clipping."""
+  schedule = make_lr_schedule(lr, warmup_steps, decay, decay_steps, final_lr_factor)
   if name == "adam":
     opt = optax.adam(schedule, b1=b1, b2=b2)
   elif name == "adamw":

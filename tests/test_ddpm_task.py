@@ -125,7 +125,7 @@ def test_unknown_names_raise_config_error(name, key, value):
     ("ddpm_fashion_mnist", "sample.guidance", -1.0),
     ("ddpm_fashion_mnist", "sample.guidance", 3.0),         # unconditional: no null label
     ("ddpm_mnist_conditional", "sample.guidance", 1000.0),
-    ("ddpm_fashion_mnist", "sample.steps", 50),             # only ddim takes fewer steps
+    ("ddpm_mnist", "sample.steps", 50),                     # only ddim takes fewer steps
     ("ddpm_fashion_mnist", "sample.steps", 5000),
     ("ddpm_fashion_mnist", "sample.eta", 1.5),
     ("ddpm_fashion_mnist", "sample.label", 3),              # unconditional

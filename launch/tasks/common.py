@@ -26,3 +26,10 @@ def optimizer(config) -> optax.GradientTransformation:
                            b2=o.b2, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
                            decay=o.decay, decay_steps=config.train.steps,
                            final_lr_factor=o.final_lr_factor)
+
+
+def lr_schedule(config) -> optax.Schedule:
+  """The learning-rate schedule of `config.optim` (for the "lr" metric)."""
+  o = config.optim
+  return ts.make_lr_schedule(o.lr, o.warmup_steps, o.decay, config.train.steps,
+                             o.final_lr_factor)

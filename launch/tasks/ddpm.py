@@ -238,7 +238,7 @@ class _Task:
     null_label: the network has a null-label embedding (index num_classes).
     class_dropout: probability of replacing a training label by the null one.
     tx: the optax optimiser.
-    lr: peak learning rate; warmup_steps: its linear warm-up (for the metric).
+    lr_schedule: the optimiser's learning rate at each update (for the metric).
     ema_decay, ema_warmup: see `ddpm.train_state.ema_decay_at`.
   """
   network: nn.Module
@@ -247,8 +247,7 @@ class _Task:
   null_label: bool
   class_dropout: float
   tx: optax.GradientTransformation
-  lr: float
-  warmup_steps: int
+  lr_schedule: Callable[[jax.Array], jax.Array]
   ema_decay: float
   ema_warmup: bool
 
@@ -279,10 +278,7 @@ class _Task:
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     grad_norm = optax.tree.norm(grads)
     new_state = state.apply_gradients(grads, self.tx, self.ema_decay, self.ema_warmup)
-    if self.warmup_steps:
-      lr = self.lr * jnp.minimum(state.step, self.warmup_steps) / self.warmup_steps
-    else:
-      lr = jnp.asarray(self.lr)
+    lr = self.lr_schedule(state.step)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr * state.lr_scale}
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
@@ -470,8 +466,7 @@ def build(config) -> _Task:
       null_label=bool(conditional and config.diffusion.class_dropout > 0),
       class_dropout=float(config.diffusion.class_dropout),
       tx=common_lib.optimizer(config),
-      lr=float(o.lr),
-      warmup_steps=int(o.warmup_steps),
+      lr_schedule=common_lib.lr_schedule(config),
       ema_decay=float(o.ema_decay),
       ema_warmup=bool(o.ema_warmup),
   )
