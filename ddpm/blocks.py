@@ -29,7 +29,13 @@ from ddpm.embedding import sinusoidal_embedding
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-gelu_exact = functools.partial(nn.gelu, approximate=False)
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """The exact GELU x·Φ(x) = x/2·(1 + erf(x/√2)) (PyTorch's default nn.GELU).
+
+  Written with `erf`: `nn.gelu(approximate=False)` goes through `erfc`, which
+  XLA's CPU backend computes several times slower; the values agree to ~1e-7.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
 def ddpm_init(scale: float = 1.0) -> Initializer:

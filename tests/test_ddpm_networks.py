@@ -289,3 +289,19 @@ def test_upsampling_blocks_equal_torch(peer):
     want = conv_t(xt).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(blocks.ConvTranspose4x4(4).apply(params, jnp.asarray(x)), want,
                              atol=1e-5)
+
+
+def test_gelu_exact_matches_float64_erf_formula():
+  import math
+  import flax.linen as nn
+  from ddpm import blocks
+  x = np.linspace(-8.0, 8.0, 2001)
+  want = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+  got = np.asarray(blocks.gelu_exact(jnp.asarray(x, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-6)
+  np.testing.assert_allclose(got, np.asarray(nn.gelu(jnp.asarray(x, jnp.float32),
+                                                     approximate=False)), atol=2e-6)
+  g = jax.grad(lambda v: blocks.gelu_exact(v).sum())(jnp.asarray(x, jnp.float32))
+  want_g = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2)
+                     / math.sqrt(2 * math.pi) for v in x])
+  np.testing.assert_allclose(np.asarray(g, np.float64), want_g, atol=5e-6)
