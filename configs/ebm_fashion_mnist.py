@@ -99,4 +99,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.batch_size = 8
   c.eval.num_samples = 16
   c.bench.repeats = 2
+  c.bench.warmup = 1
+  c.bench.matmul_size = 128
   return c
