@@ -26,7 +26,7 @@ DDIM, 100 steps (10x faster):
 Variants (`--config configs/ddpm_fashion_mnist.py:ARG`):
   conditional  class-conditional (label embedding at every level, as the course's
                UNetConditional; labels dropped with probability 0.1 for
-               classifier-free guidance), same recipe and budget:
+               classifier-free guidance; sampled with guidance 3), same recipe:
                  python -m launch --config configs/ddpm_fashion_mnist.py:conditional --workdir runs/ddpm_fashion_mnist_conditional
   smoke        seconds, for tests:
                  python -m launch --config configs/ddpm_fashion_mnist.py:smoke --workdir /tmp/ddpm_fashion_mnist
@@ -73,7 +73,7 @@ def get_config(arg=None):
     c.model.conditional = True
     c.diffusion.class_dropout = 0.1
     c.sample.label = -1
-    c.sample.guidance = 1.0
+    c.sample.guidance = 3.0          # measured: class accuracy 0.922 (0.576 at 1.0), README
   elif arg == "smoke":
     base.smoke_run(c)
     c.model.ch = 8
