@@ -174,3 +174,31 @@ def test_ood_evaluate_through_the_task(cnn_smoke):
   scores = task.ood_evaluate(state.params, batch["image"], jax.random.key(4), batch_size=4)
   assert set(scores) == {"uniform_noise", "vflip", "hflip", "inverted", "gaussian_noised"}
   assert all(0.0 <= float(v) <= 1.0 for v in scores.values())
+
+
+def test_guard_recovers_an_ebm_blow_up_through_the_training_loop(tmp_path):
+  # Adam at lr 1e6 (no clipping) sends the energies past the guard's bound
+  # within the first steps; the loop restores the last good checkpoint, scales
+  # the rate by 1e-8 (to an effective 0.01), reseeds and trains to the end with
+  # finite parameters and energies within the bound: no manual restart.
+  import json
+
+  import tensorflow_datasets as tfds
+
+  from launch import config as config_lib
+  from launch import train as train_lib
+
+  overrides = {"train.steps": 8, "train.log_every": 1, "train.ckpt_every": 2,
+               "optim.lr": 1e6, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
+               "guard.bound": 50.0, "guard.lr_factor": 1e-8, "guard.max_restarts": 2}
+  config = config_lib.load("configs/ebm_fashion_mnist.py:smoke", overrides)
+  with tfds.testing.mock_data(num_examples=64):
+    state = train_lib.train_and_evaluate(config, tmp_path)
+  assert int(state.step) == 8
+  np.testing.assert_allclose(float(state.lr_scale), 1e-8, rtol=1e-6)
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  restarts = [r for r in records if "guard_restart" in r]
+  assert len(restarts) == 1, restarts
+  after = [r for r in records[records.index(restarts[0]) + 1:] if "energy_pos" in r]
+  assert after and all(abs(r[m]) <= 50.0 for r in after for m in config.guard.metrics)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
