@@ -100,10 +100,10 @@ def make_optimizer(*, name: str = "adam", lr: float, warmup_steps: int = 0,
                    decay_steps: int = 0, final_lr_factor: float = 0.0
                    ) -> optax.GradientTransformation:
   """Adam(W) on `make_lr_schedule(...)` with optional global-norm clipping."""
-  schedule = make_lr_schedule(lr, warmup_steps, decay, decay_steps, final_lr_factor)
-  if decay == "constant" and warmup_steps == 0:
-    schedule = lr  # a plain rate: the optimiser state of checkpoints written so
-                   # (no schedule counter) stays restorable
+  # A constant rate without warm-up is passed as a plain number: no schedule
+  # counter in the optimiser state, so checkpoints written that way restore.
+  schedule = (lr if decay == "constant" and warmup_steps == 0 else
+              make_lr_schedule(lr, warmup_steps, decay, decay_steps, final_lr_factor))
   if name == "adam":
     opt = optax.adam(schedule, b1=b1, b2=b2)
   elif name == "adamw":

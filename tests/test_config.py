@@ -4,8 +4,12 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import optax
 import pytest
 
+from ddpm import train_state as ts
 from launch import config as config_lib
 from launch.config_errors import ConfigError
 
@@ -134,10 +138,6 @@ def test_unknown_decay_names_the_key():
 
 def test_constant_rate_without_warmup_keeps_the_schedule_free_optimizer_state():
   # Checkpoints written with a plain rate have no schedule counter; they must stay restorable.
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from ddpm import train_state as ts
   params = {"w": jnp.zeros(())}
   got = jax.tree.structure(ts.make_optimizer(lr=1e-3, grad_clip=1.0).init(params))
   want = jax.tree.structure(optax.chain(optax.clip_by_global_norm(1.0),
