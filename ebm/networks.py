@@ -134,6 +134,47 @@ def _conv2d_bwd(strides, padding, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def conv2d_matmul(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                  padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """The same convolution as `conv2d`, computed as patches @ kernel (im2col).
+
+  The kh·kw strided slices of the padded input are concatenated into
+  patches [B, H', W', kh·kw·C_in] and multiplied by the kernel reshaped to
+  [kh·kw·C_in, C_out]; its gradients are JAX's own (a matmul plus the
+  transposes of the slices, i.e. padded adds, for the input; one matmul for
+  the kernel). Same values as `lax.conv_general_dilated` up to float
+  rounding. Why: on small feature maps XLA:CPU's convolutions are slow, and
+  the input gradient of a stride-2 convolution with a 2×2 output took its
+  generic path (`outer_dimension_partitions`): for the tutorial CNN's two
+  last layers (outputs 4×4 and 2×2) this form made the 60-step Langevin
+  chain ~1.5× faster on 2 CPU cores (the README's bench section has the
+  figures) and removed the slow weight-gradient convolutions of its CD step.
+  The patches cost kh·kw times the input's memory, so it is meant for small
+  maps.
+
+  Args:
+    x: [B, H, W, C_in].
+    kernel: [kh, kw, C_in, C_out].
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)).
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  b, h, w, _ = xp.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  if ho < 1 or wo < 1:
+    raise ValueError(f"kernel {kernel.shape[:2]} is larger than the padded input {(h, w)}")
+  cols = [jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c_in),
+                        (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1)   # (i, j, c) order = kernel.reshape's
+  return jnp.einsum("bhwk,ko->bhwo", patches, kernel.reshape(kh * kw * c_in, c_out))
+
+
 class Conv(nn.Module):
   """2-D convolution (params "kernel" [kh, kw, C_in, C_out], "bias"), with
   optional spectral normalisation and the CPU-friendly gradient of `conv2d`.
@@ -146,7 +187,10 @@ class Conv(nn.Module):
       at stride 1, i.e. (k - 1) / 2 on each side.
     spectral_norm: divide the kernel by its largest singular value.
     power_iterations: iterations of the σ_max estimate.
-    custom_grad: use `conv2d` (True) or plain `lax.conv_general_dilated`.
+    custom_grad: use `conv2d` (True) or plain `lax.conv_general_dilated`;
+      only for impl "conv".
+    impl: "conv" (a convolution) or "matmul" (`conv2d_matmul`, for small
+      feature maps); same parameters and function either way.
     dtype: compute dtype.
   """
   features: int
@@ -156,6 +200,7 @@ class Conv(nn.Module):
   spectral_norm: bool = False
   power_iterations: int = 5
   custom_grad: bool = True
+  impl: str = "conv"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -172,7 +217,12 @@ class Conv(nn.Module):
       padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
     strides = tuple(int(s) for s in self.strides)
-    conv = conv2d if self.custom_grad else _conv
+    if self.impl == "matmul":
+      conv = conv2d_matmul
+    elif self.impl == "conv":
+      conv = conv2d if self.custom_grad else _conv
+    else:
+      raise ValueError(f"Conv.impl must be 'conv' or 'matmul', got {self.impl!r}")
     y = conv(x.astype(self.dtype), kernel.astype(self.dtype), strides, padding)
     return y + bias.astype(self.dtype)
 
@@ -215,11 +265,16 @@ class CNNEnergy(nn.Module):
     activation: name in `ACTIVATIONS`.
     custom_grad: convolutions with the CPU-friendly input gradient
       (`conv2d`); same values and gradients either way.
+    matmul_positions: layers whose output has at most this many spatial
+      positions (H'·W') are computed as matmuls (`conv2d_matmul`); with the
+      default 16 these are the 4×4 and 2×2 outputs of a 32×32 input. 0 =
+      every layer is a convolution. Same values and gradients either way.
     dtype: compute dtype (parameters stay float32; energies are float32).
   """
   c_hid: int = 32
   activation: str = "swish"
   custom_grad: bool = True
+  matmul_positions: int = 16
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -242,8 +297,10 @@ class CNNEnergy(nn.Module):
     layers = ((c // 2, 5, pad), (c, 3, 1), (2 * c, 3, 1), (4 * c, 3, 1))
     h = x.astype(self.dtype)
     for i, (feats, k, p) in enumerate(layers):   # 16×16×c/2, 8×8×c, 4×4×2c, 2×2×4c
+      out_side = (h.shape[1] + 2 * p - k) // 2 + 1
+      impl = "matmul" if out_side * out_side <= self.matmul_positions else "conv"
       h = act(Conv(feats, (k, k), (2, 2), ((p, p), (p, p)), custom_grad=self.custom_grad,
-                   dtype=self.dtype, name=f"Conv_{i}")(h))
+                   impl=impl, dtype=self.dtype, name=f"Conv_{i}")(h))
     h = h.reshape(h.shape[0], -1)
     h = act(nn.Dense(4 * c, dtype=self.dtype)(h))
     f = nn.Dense(1, dtype=self.dtype)(h)[:, 0]

@@ -131,3 +131,43 @@ def test_conv2d_custom_gradient_equals_lax_gradient(shape, kernel, strides, padd
   want = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(x, w)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((2, 4, 4, 6), (3, 3, 6, 8), (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 8, 3), (3, 3, 3, 5), (2, 2), ((1, 1), (1, 1))),
+    ((2, 28, 28, 1), (5, 5, 1, 4), (2, 2), ((4, 4), (4, 4))),
+    ((2, 7, 6, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
+    ((2, 9, 9, 2), (1, 1, 2, 3), (1, 1), ((0, 0), (0, 0))),
+    ((1, 5, 7, 2), (2, 3, 2, 3), (2, 1), ((0, 1), (2, 0)))])
+def test_conv2d_matmul_equals_lax_convolution_and_its_gradients(shape, kernel, strides, padding):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  plain = lambda x, w, s, p: jax.lax.conv_general_dilated(
+      x, w, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(networks.conv2d_matmul(x, w, strides, padding),
+                             plain(x, w, strides, padding), rtol=1e-5, atol=1e-5)
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding)))
+  got = jax.jit(jax.grad(loss(networks.conv2d_matmul), argnums=(0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(x, w)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_energy_matmul_layers_change_neither_values_nor_input_gradients():
+  x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
+  fast = networks.CNNEnergy(c_hid=8)            # the 4x4 and 2x2 outputs as matmuls
+  convs = networks.CNNEnergy(c_hid=8, matmul_positions=0)
+  params = fast.init(jax.random.key(0), x)["params"]
+  assert jax.tree.structure(params) == jax.tree.structure(
+      convs.init(jax.random.key(0), x)["params"])
+  e = lambda net: lambda x: jnp.sum(net.apply({"params": params}, x))
+  np.testing.assert_allclose(e(fast)(x), e(convs)(x), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(e(fast))(x), jax.grad(e(convs))(x), rtol=1e-4, atol=1e-6)
+  by_params = lambda net: jax.grad(lambda p: jnp.sum(net.apply({"params": p}, x)))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               by_params(fast), by_params(convs))
+  with pytest.raises(ValueError, match="impl"):
+    networks.Conv(4, impl="fft").init(jax.random.key(0), x)
