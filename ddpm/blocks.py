@@ -289,8 +289,24 @@ class Downsample(nn.Module):
       return conv3x3(self.features or x.shape[-1], strides=2, padding=self.padding,
                      kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
     if self.method == "maxpool":
-      return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      return max_pool_2x2(x)
     raise ValueError(f"unknown downsampling {self.method!r}")
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 (floor: an odd last row/column is dropped).
+
+  The values of `nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")`,
+  written as a reshape and a max over the two window axes. Why: XLA:CPU runs
+  the windowed form and its gradient (select-and-scatter, rewritten with
+  index iotas) several times slower; in the small UNet's train step they took
+  ~4.5% of the time. The gradient is the same wherever the window's maximum
+  is unique; on exact ties it is shared equally among the tied entries
+  (`reduce_max`'s rule) instead of going to the first one.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class ConvTranspose4x4(nn.Module):

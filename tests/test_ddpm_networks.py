@@ -140,6 +140,21 @@ def test_conv_transpose_4x4_equals_flax_conv_transpose():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3), g, g_ref)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(shape):
+  # Distinct values: the window maxima are unique, so both gradients agree.
+  x = jnp.asarray(np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape),
+                  jnp.float32)
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(blocks.max_pool_2x2(x), flax_pool(x))
+  w = jnp.asarray(np.random.default_rng(1).normal(size=flax_pool(x).shape), jnp.float32)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * w))(x)
+  np.testing.assert_array_equal(grad(blocks.max_pool_2x2), grad(flax_pool))
+  # On an exact tie the gradient is shared equally.
+  ties = jax.grad(lambda x: jnp.sum(blocks.max_pool_2x2(x)))(jnp.ones((1, 2, 2, 1)))
+  np.testing.assert_array_equal(ties, np.full((1, 2, 2, 1), 0.25))
+
+
 def test_pad_or_crop_to():
   x = jnp.ones((1, 6, 8, 2))
   assert blocks.pad_or_crop_to(x, jnp.zeros((1, 7, 7, 1))).shape == (1, 7, 7, 2)
