@@ -48,6 +48,25 @@ class LangevinResult(NamedTuple):
   grad_norm: jax.Array
 
 
+def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+  """N(0, I) of `shape`, drawn as [shape[0], rest] and reshaped.
+
+  The same distribution as `jax.random.normal(key, shape)` (other values).
+  Why: JAX's partitionable threefry builds its counters from one iota per
+  axis, combined into 64-bit indices; on XLA:CPU a 4-D draw made the noise
+  ~15% of a Langevin step of the tutorial CNN (batch 128, 3×32×32), and
+  drawn as 2-D the chain ran ~1.2× faster (85 -> 103-111 steps/s, back to
+  back).
+  """
+  if len(shape) <= 2:
+    return jax.random.normal(key, shape, dtype)
+  rows = shape[0]
+  cols = 1
+  for d in shape[1:]:
+    cols *= d
+  return jax.random.normal(key, (rows, cols), dtype).reshape(shape)
+
+
 def _clip_x(x: jax.Array, x_range) -> jax.Array:
   if x_range is None:
     return x
@@ -94,7 +113,7 @@ def langevin_chain(energy_fn: EnergyFn, x0: jax.Array, key: jax.Array, num_steps
     return g, g_norm
 
   def step(x, step_key):
-    z = jax.random.normal(step_key, x.shape, x.dtype)
+    z = _standard_normal(step_key, x.shape, x.dtype)
     if noise_first:
       x = project(_clip_x(x + noise_scale * z, x_range))
       g, g_norm = clipped_grad(x)

@@ -117,3 +117,17 @@ def test_chain_is_deterministic_and_jittable():
   run = jax.jit(lambda k: langevin.langevin_sample(quadratic_energy, x0, k, 5, 0.1, 0.2))
   np.testing.assert_array_equal(run(jax.random.key(7)), run(jax.random.key(7)))
   assert not np.array_equal(run(jax.random.key(7)), run(jax.random.key(8)))
+
+
+def test_chain_noise_is_standard_normal_of_the_right_shape():
+  key = jax.random.key(7)
+  z = np.asarray(langevin._standard_normal(key, (64, 16, 16, 3), jnp.float32), np.float64)
+  assert z.shape == (64, 16, 16, 3)
+  n = z.size
+  assert abs(z.mean()) < 5 / np.sqrt(n)
+  assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+  assert abs(np.mean(z ** 4) - 3) < 5 * np.sqrt(96 / n)   # Var(z^4) = 105 - 9
+  # per-row draws are not copies of each other
+  assert np.abs(np.corrcoef(z[0].ravel(), z[1].ravel())[0, 1]) < 5 / np.sqrt(z[0].size)
+  np.testing.assert_array_equal(langevin._standard_normal(key, (5, 4), jnp.float32),
+                                jax.random.normal(key, (5, 4), jnp.float32))
