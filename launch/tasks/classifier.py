@@ -86,7 +86,7 @@ class ClassifierTask:
     state = state.apply_gradients(grads, self.tx, self.ema_decay, self.ema_warmup)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return state, {"loss": loss, "accuracy": accuracy.astype(jnp.float32),
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
 
   def sample_params(self, state: ts.TrainState):
     return state.ema_params
