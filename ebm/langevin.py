@@ -24,6 +24,7 @@ the tutorial's order gives x' = (1 - α)(x + σ z), variance
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -60,11 +61,7 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array
   """
   if len(shape) <= 2:
     return jax.random.normal(key, shape, dtype)
-  rows = shape[0]
-  cols = 1
-  for d in shape[1:]:
-    cols *= d
-  return jax.random.normal(key, (rows, cols), dtype).reshape(shape)
+  return jax.random.normal(key, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
 
 
 def _clip_x(x: jax.Array, x_range) -> jax.Array:

@@ -151,16 +151,7 @@ def conv2d_matmul(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   the CD step lost its two weight-gradient convolutions on XLA's slow
   generic path (`outer_dimension_partitions`); the README's bench section
   has the figures. The patches take kh·kw times the input's memory, so it
-  is meant for small maps.
-
-  Args:
-    x: [B, H, W, C_in].
-    kernel: [kh, kw, C_in, C_out].
-    strides: (sh, sw).
-    padding: ((top, bottom), (left, right)).
-
-  Returns:
-    [B, H', W', C_out].
+  is meant for small maps. Arguments and result as `conv2d`.
   """
   kh, kw, c_in, c_out = kernel.shape
   sh, sw = strides
