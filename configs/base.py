@@ -125,7 +125,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000
   c.eval.classifier_workdir = ""
-  c.eval.inception_weights = ""       # FID/IS Inception .npz (python -m launch.inception convert)
+  c.eval.inception_weights = ""       # FID/IS Inception .npz (python -m launch.eval.inception convert)
   c.eval.ddpm_workdir = ""            # denoiser figures: DDPM samples from the same noise
 
   c.bench = ml_collections.ConfigDict()

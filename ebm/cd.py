@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm.train_state import TrainState
+from core.train_state import TrainState
 from ebm import buffer as replay
 from ebm import langevin
 from ebm import losses

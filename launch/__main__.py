@@ -33,8 +33,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
 MODES = {
     "train": "launch.train:train_and_evaluate",
     "sample": "launch.sample:sample_to_workdir",
-    "evaluate": "launch.evaluate:evaluate_workdir",
-    "serve": "launch.serve:serve",
+    "evaluate": "launch.eval.evaluate:evaluate_workdir",
+    "serve": "launch.serve.app:serve",
     "figures": "launch.figure_mode:figures_workdir",
     "bench": "launch.bench:bench_workdir",
 }

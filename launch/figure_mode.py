@@ -180,7 +180,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
 
 
 def _denoiser_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object]]:
-  from launch import evaluate
+  from launch.eval import evaluate
   task = run.task
   noise = jax.random.normal(key, (NUM_ROWS,) + tuple(task.image_shape))
   blots = task.sample(_params(config, state), key, NUM_ROWS, noise=noise,

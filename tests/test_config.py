@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from ddpm import train_state as ts
+from core import train_state as ts
 from launch import config as config_lib
 from launch.config_errors import ConfigError
 
@@ -104,7 +104,7 @@ def test_cosine_decay_schedule_values():
   # closed form lr_t = f + (1 - f) * lr * (1 + cos(pi * (t - w) / (T - w))) / 2.
   import math
   import jax.numpy as jnp
-  from ddpm import train_state as ts
+  from core import train_state as ts
   lr, w, total, f = 2e-3, 10, 110, 0.1
   opt = ts.make_optimizer(lr=lr, warmup_steps=w, decay="cosine", decay_steps=total,
                           final_lr_factor=f)

@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
-from launch import evaluate
-from launch import inception
+from launch.eval import evaluate
+from launch.eval import inception
 from launch import train as train_lib
 from launch import writers
 
@@ -178,7 +178,7 @@ def test_missing_inception_weights_say_which_file(tmp_path):
     evaluate.evaluate_workdir(config, str(tmp_path))
   message = str(e.value)
   assert str(tmp_path / "fid.npz") in message and inception.PTH_FILENAME in message
-  assert inception.PTH_URL in message and "python -m launch.inception convert" in message
+  assert inception.PTH_URL in message and "python -m launch.eval.inception convert" in message
 
 
 def test_inception_fid_and_is_with_a_stand_in_network(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
-from launch import evaluate
+from launch.eval import evaluate
 from launch import figure_mode
 from launch import train as train_lib
 from launch import writers

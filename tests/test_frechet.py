@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from launch import frechet
+from launch.eval import frechet
 
 
 def _random_spd(rng, d, scale=1.0):

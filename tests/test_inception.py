@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from launch import inception
+from launch.eval import inception
 
 
 def _state_dict_from_flax_tree(seed=0):
@@ -149,7 +149,7 @@ def test_missing_weights_message(tmp_path):
   assert "pt_inception-2015-12-05-6726825d.pth" in message
   assert ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
           "pt_inception-2015-12-05-6726825d.pth") in message
-  assert (f"python -m launch.inception convert pt_inception-2015-12-05-6726825d.pth {missing}"
+  assert (f"python -m launch.eval.inception convert pt_inception-2015-12-05-6726825d.pth {missing}"
           in message)
   with pytest.raises(FileNotFoundError, match="config.eval.inception_weights"):
     inception.load_inception("")

@@ -29,9 +29,9 @@ from PIL import Image
 from configs import serve as serve_configs
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
-from launch import serve
-from launch import serve_models
-from launch import serve_queue
+from launch.serve import app as serve
+from launch.serve import models as serve_models
+from launch.serve import queue as serve_queue
 from launch import train as train_lib
 from launch.config_errors import ConfigError
 

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from websockets.sync.client import connect
 
-from launch import serve
+from launch.serve import app as serve
 from test_serve import shared_batcher  # the session's warmed-up models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

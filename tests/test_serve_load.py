@@ -7,7 +7,7 @@ checkpoint of its initial state (sampling costs the same as a trained one),
 its default sampler set to DDIM-50 in the workdir's config.json, so the
 warm-up compiles DDIM-50 for every bucket. SERVE_LOAD_REQUESTS and
 SERVE_LOAD_MEASURE set the request counts of the two tests (default 200, 40).
-The same measurement against any running server: `python -m launch.serve_load`.
+The same measurement against any running server: `python -m launch.serve.load`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pytest
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
-from launch import serve_load
+from launch.serve import load as serve_load
 from launch import train as train_lib
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm import train_state as ts
+from core import train_state as ts
 from launch import data as data_lib
 from launch.tasks import common
 from launch.config_errors import check_choice, check_range

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optax
 
-from ddpm import train_state as ts
+from core import train_state as ts
 from launch.config_errors import check_choice, check_range
 
 

@@ -54,7 +54,7 @@ from ddpm import networks
 from ddpm import objectives
 from ddpm import samplers
 from ddpm import schedules
-from ddpm.train_state import TrainState
+from core.train_state import TrainState
 from launch.config_errors import ConfigError, check_choice, check_range
 from launch.tasks import common as common_lib
 

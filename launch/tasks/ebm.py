@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm.train_state import TrainState
+from core.train_state import TrainState
 from ebm import cd
 from ebm import ood
 from ebm.networks import ACTIVATIONS, NETWORKS, energy_fn_of, make_network

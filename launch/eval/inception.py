@@ -50,7 +50,7 @@ with <name> such as `Mixed_5b.branch5x5_2` ("." becomes "/").
 To make the file (needs PyTorch only for reading the .pth):
 
   wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
-  python -m launch.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+  python -m launch.eval.inception convert pt_inception-2015-12-05-6726825d.pth inception_fid.npz
 
 `load_inception` also reads the `.pth` directly when PyTorch is installed.
 """
@@ -400,7 +400,7 @@ def _read_pth(path: str) -> dict:
   except ImportError as e:
     raise ImportError(
         f"reading {path} needs PyTorch (pip install 'jax-ddpm-ebm[torch]'); or convert it "
-        f"once elsewhere with: python -m launch.inception convert {path} {NPZ_FILENAME}") from e
+        f"once elsewhere with: python -m launch.eval.inception convert {path} {NPZ_FILENAME}") from e
   state_dict = torch.load(path, map_location="cpu", weights_only=True)
   return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
@@ -414,7 +414,7 @@ def missing_weights_message(path: str | os.PathLike | None) -> str:
       f"automatically. Download pytorch-fid's FID Inception weights {PTH_FILENAME} from\n"
       f"  {PTH_URL}\n"
       f"and convert them (needs PyTorch, once) to this project's .npz format with\n"
-      f"  python -m launch.inception convert {PTH_FILENAME} {target}\n"
+      f"  python -m launch.eval.inception convert {PTH_FILENAME} {target}\n"
       f"then pass the .npz path (config.eval.inception_weights). A .pth path is also "
       f"accepted directly when PyTorch is installed.")
 
@@ -539,12 +539,12 @@ def inception_score(logits_or_probs, splits: int = 10, kind: str = "auto"
 
 
 # ----------------------------------------------------------------------------
-# Command line: python -m launch.inception convert SRC.pth DST.npz
+# Command line: python -m launch.eval.inception convert SRC.pth DST.npz
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m launch.inception",
+      prog="python -m launch.eval.inception",
       description="FID Inception weights: convert pytorch-fid's .pth to this project's .npz.")
   sub = parser.add_subparsers(dest="command", required=True)
   conv = sub.add_parser("convert", help=f"convert {PTH_FILENAME} (needs PyTorch)")

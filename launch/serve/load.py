@@ -1,6 +1,6 @@
 """A load test of a running server (`python -m launch.serve`).
 
-    python -m launch.serve_load --url http://127.0.0.1:8000 --model ddpm_fashion_mnist \\
+    python -m launch.serve.load --url http://127.0.0.1:8000 --model ddpm_fashion_mnist \\
         --requests 200 --concurrency 20 --num_images 16 --sampler ddim --steps 50 [--pid PID]
 
 `--concurrency` clients send `--requests` POST /generate requests in all (a

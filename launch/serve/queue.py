@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from launch.serve_models import Limits, Plan, ServedModel, WARMUP
+from launch.serve.models import Limits, Plan, ServedModel, WARMUP
 
 
 class QueueFull(Exception):

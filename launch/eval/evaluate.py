@@ -36,7 +36,7 @@ Scores of generated images:
 Samples made elsewhere (e.g. by a PyTorch program), as an .npz of uint8
 images [N, H, W(, C)] (or [N, C, H, W]), optionally with `labels`:
 
-  python -m launch.evaluate --npz FILE --classifier_workdir DIR [--out eval.json]
+  python -m launch.eval.evaluate --npz FILE --classifier_workdir DIR [--out eval.json]
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import figures
-from launch import frechet
+from launch.eval import frechet
 from launch import sample as sample_lib
 
 # The comparison sampler of every DDPM evaluation (steps capped at T).
@@ -383,7 +383,7 @@ def real_data_floor(config, n: int, classifier_workdir: str | None = None, *,
 
 
 def _check_inception_weights(path: str) -> None:
-  from launch import inception
+  from launch.eval import inception
   if not path or not os.path.isfile(path):
     raise FileNotFoundError(inception.missing_weights_message(path))
 
@@ -391,7 +391,7 @@ def _check_inception_weights(path: str) -> None:
 def inception_scores(images_uint8: np.ndarray, data_config, weights: str,
                      split: str = FID_REFERENCE_SPLIT) -> list[dict]:
   """FID against a real split (statistics cached next to the weights) and IS."""
-  from launch import inception
+  from launch.eval import inception
   apply_fn, variables = inception.load_inception(weights)
   data = _data(data_config, num_examples=-1, pad_to_32=False)
   n_ref = data_lib.get_info(data, split).num_examples
@@ -642,7 +642,7 @@ def evaluate_workdir(config, workdir: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------
-# Samples from elsewhere: python -m launch.evaluate --npz FILE --classifier_workdir DIR
+# Samples from elsewhere: python -m launch.eval.evaluate --npz FILE --classifier_workdir DIR
 
 
 def load_npz_images(path: str | os.PathLike, key: str | None = None
@@ -708,7 +708,7 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m launch.evaluate",
+      prog="python -m launch.eval.evaluate",
       description="FD-fmnist and class histogram of uint8 samples stored in an .npz.")
   parser.add_argument("--npz", required=True, help="samples: .npz of uint8 [N, H, W(, C)]")
   parser.add_argument("--classifier_workdir", required=True,

@@ -25,8 +25,8 @@ value the schema or the model refuses (unknown model, too many images, steps
 out of range, a label for an unconditional model, wrong types, unknown
 fields). 429 (queue full) and 503 (warming up, stopping, or the request's
 time limit passed) carry Retry-After. Sampling runs on the worker thread of
-`launch.serve_queue.Batcher`, never on the event loop; see that module for
-batching and `launch.serve_models` for programs and determinism.
+`launch.serve.queue.Batcher`, never on the event loop; see that module for
+batching and `launch.serve.models` for programs and determinism.
 """
 # No `from __future__ import annotations` here: FastAPI and pydantic read the
 # annotations of the request model and the endpoint built inside `create_app`.
@@ -52,9 +52,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launch import figures
 from launch.config_errors import ConfigError
-from launch.serve_models import (MAX_SEED, WARMUP, Limits, Options, RequestError, ServedModel,
+from launch.serve.models import (MAX_SEED, WARMUP, Limits, Options, RequestError, ServedModel,
                                  load_model, sampler_names)
-from launch.serve_queue import Batcher, NotReady, QueueFull, Result, Timeout
+from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
 
 _STATIC = pathlib.Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
@@ -583,12 +583,11 @@ def _setup_jax() -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
 
 
-def main(argv) -> int:
+def main(argv, config) -> int:
   from launch.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
     return 2
-  config = _CONFIG.value
   _setup_jax()
   try:
     run(config)
@@ -597,12 +596,3 @@ def main(argv) -> int:
     return 1
   return 0
 
-
-if __name__ == "__main__":
-  from absl import app as absl_app
-  from absl import flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "Serve config file, e.g. configs/serve.py[:all].", lock_config=True)
-  flags.mark_flag_as_required("config")
-  absl_app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,2 @@
+"""Evaluation: `evaluate` (the --mode evaluate protocol and the .npz scorer),
+`frechet` (Fréchet distances), `inception` (the FID/IS Inception network)."""
