@@ -220,3 +220,362 @@ def guided_eps_fn(model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Arra
     return eps_c + (guidance - 1.0) * (eps_c - eps_u)
 
   return eps_fn
+
+
+# ---------------------------------------------------------------------------
+# Solvers of the probability-flow ODE: DPM-Solver++ and EDM's Heun.
+#
+# Both see the discrete VP schedule through the continuous quantities of its
+# integer timesteps t (0-based, as everywhere here):
+#   alpha_t = sqrt(alpha_bar_t),  sigma_t = sqrt(1 - alpha_bar_t)   (VP),
+#   lambda_t = log(alpha_t / sigma_t)                                 (half log-SNR),
+#   s_t = sigma_t / alpha_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)  (EDM's sigma),
+# and only ever call eps_fn at integer t, so any network trained here (and the
+# eps/x0/v conversions that gather schedule tables at t) works unchanged. Their
+# per-step coefficients are static: computed once in float64 NumPy from the
+# schedule's tables and cast to x_T's dtype. Both are deterministic: `key` is
+# accepted for the common signature and unused.
+
+DPM_SPACINGS = ("linspace", "leading", "trailing", "karras")
+DPM_FINAL_SIGMAS = ("zero", "sigma_min")
+DPM_SOLVER_TYPES = ("midpoint", "heun")
+HEUN_SPACINGS = ("karras", "linspace")
+
+
+def _alpha_bars_f64(schedule: Schedule) -> np.ndarray:
+  """The schedule's alpha_bar table as float64 NumPy [T] (it must be concrete)."""
+  try:
+    return np.asarray(schedule.alpha_bars, np.float64)
+  except jax.errors.TracerArrayConversionError:
+    raise ValueError("the ODE solvers precompute their coefficients: pass a concrete "
+                     "schedule (NumPy tables), not one traced through jit") from None
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int,
+                  rho: float = 7.0) -> np.ndarray:
+  """Karras et al. 2022, eq. 5: (s_max^(1/rho) + i / (N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho.
+
+  Args:
+    sigma_min, sigma_max: the end points.
+    num_steps: N >= 2 levels, i = 0 .. N - 1 (the paper's sigma_N = 0 is not included).
+    rho: the warping exponent (7 in the paper).
+
+  Returns:
+    float64 [N], decreasing from sigma_max to sigma_min.
+  """
+  ramp = np.linspace(0.0, 1.0, num_steps)
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return (hi + ramp * (lo - hi)) ** rho
+
+
+def sigma_to_t(sigma: np.ndarray, alpha_bars: np.ndarray) -> np.ndarray:
+  """Fractional 0-based timesteps of EDM sigmas by linear interpolation in log sigma.
+
+  A transcription of diffusers' `_sigma_to_t` (k-diffusion's
+  DiscreteSchedule.sigma_to_t): with lo the last index whose log s_lo is at
+  most log sigma, t = lo + w, w = (log s_lo - log sigma) / (log s_lo -
+  log s_{lo+1}) clipped to [0, 1] (so sigma outside the table clips to 0 or T - 1).
+
+  Args:
+    sigma: float64 [N] EDM sigmas.
+    alpha_bars: float64 [T].
+
+  Returns:
+    float64 [N].
+  """
+  log_sigmas = 0.5 * np.log((1.0 - alpha_bars) / alpha_bars)
+  log_sigma = np.log(np.maximum(sigma, 1e-10))
+  dists = log_sigma - log_sigmas[:, None]
+  lo = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=len(log_sigmas) - 2)
+  w = np.clip((log_sigmas[lo] - log_sigma) / (log_sigmas[lo] - log_sigmas[lo + 1]), 0.0, 1.0)
+  return (1.0 - w) * lo + w * (lo + 1)
+
+
+def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str, *, rho: float = 7.0,
+                     sigma_max: float | None = None) -> np.ndarray:
+  """The decreasing 0-based timesteps t_0 > ... > t_{N-1} an ODE solver visits.
+
+  The spacings of diffusers' DPMSolverMultistepScheduler / HeunDiscreteScheduler
+  (steps_offset = 0, no lambda clipping; Lin et al. 2024, Table 2), on
+  integer timesteps:
+    "linspace": round(linspace(0, T - 1, N + 1))[::-1][:-1] (starts at T - 1 and
+      stops one stride above 0: DPM-Solver's final step goes to sigma = 0);
+    "leading":  (arange(N + 1) * (T // (N + 1)))[::-1][:-1];
+    "trailing": round(arange(T, 0, -T / N)) - 1 (starts at T - 1);
+    "karras": the rho-spaced EDM sigmas (Karras et al. 2022, eq. 5) from
+      sigma_max (default s_{T-1}) down to sigma_min = s_0, each mapped to the
+      integer timestep round(sigma_to_t(sigma)) as diffusers does with
+      use_karras_sigmas; ends at t = 0. The solvers then use that timestep's
+      own sigma, so eps_fn always sees x at exactly the noise level of its t
+      (diffusers keeps the unrounded sigma). A smaller sigma_max (EDM uses
+      80) spreads the steps over the useful range of schedules whose s_{T-1}
+      is huge (the cosine schedule's is ~2e4); x_T is then taken as the
+      sample at t_0 < T - 1.
+    "heun_linspace": round(linspace(T - 1, 0, N)) (HeunDiscreteScheduler's
+      "linspace", whose fractional timesteps are rounded here); ends at t = 0.
+
+  Args:
+    schedule: the noise schedule (concrete tables).
+    num_steps: N.
+    spacing: one of the above.
+    rho: the Karras exponent.
+    sigma_max: the largest Karras sigma (clipped to s_{T-1}; "karras" only).
+
+  Returns:
+    int32 [N], strictly decreasing; a ValueError when N steps do not fit.
+  """
+  alpha_bars = _alpha_bars_f64(schedule)
+  num_timesteps = len(alpha_bars)
+  if not 1 <= num_steps < num_timesteps:
+    raise ValueError(f"num_steps must be in [1, {num_timesteps - 1}], got {num_steps}")
+  if spacing == "linspace":
+    ts = np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1]
+  elif spacing == "leading":
+    ts = (np.arange(num_steps + 1) * (num_timesteps // (num_steps + 1)))[::-1][:-1]
+  elif spacing == "trailing":
+    ts = np.arange(num_timesteps, 0, -num_timesteps / num_steps).round() - 1
+  elif spacing == "heun_linspace":
+    ts = np.linspace(num_timesteps - 1, 0, num_steps).round()
+  elif spacing == "karras":
+    s = np.sqrt((1.0 - alpha_bars) / alpha_bars)
+    hi = s[-1] if sigma_max is None else min(float(sigma_max), s[-1])
+    if not hi > s[0]:
+      raise ValueError(f"sigma_max must exceed sigma_min = {s[0]:.4g}, got {sigma_max}")
+    if num_steps < 2:
+      raise ValueError(f"'karras' spacing needs num_steps >= 2, got {num_steps}")
+    ts = sigma_to_t(karras_sigmas(s[0], hi, num_steps, rho), alpha_bars).round()
+  else:
+    raise ValueError(f"unknown spacing {spacing!r}; allowed: "
+                     f"{DPM_SPACINGS + ('heun_linspace',)}")
+  ts = ts.astype(np.int64)
+  if len(ts) != num_steps or np.any(np.diff(ts) >= 0) or ts[-1] < 0:
+    raise ValueError(f"{spacing!r} spacing cannot fit {num_steps} distinct integer steps "
+                     f"in T = {num_timesteps} timesteps; use fewer steps")
+  return ts.astype(np.int32)
+
+
+def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: int = 2,
+                            solver_type: str = "midpoint", final_sigma: str = "zero",
+                            lower_order_final: bool = True,
+                            euler_at_final: bool = False) -> dict[str, np.ndarray]:
+  """Float64 per-step coefficients of the multistep DPM-Solver++ (Lu et al. 2022b).
+
+  Step i goes from s = t_i to the next level u (t_{i+1}; after the last step
+  sigma = 0 for "zero" or t = 0 for "sigma_min"), with h = lambda_u - lambda_s,
+  m_k the data predictions x0_hat made at t_{i-k}, r0 = h_{i-1} / h,
+  r1 = h_{i-2} / h and A = alpha_u (1 - e^{-h}):
+    order 1 (DPM-Solver++ eq. 5 with k = 1, = DDIM): x_u = sigma_u / sigma_s x_s + A m0;
+    order 2 (2M, Algorithm 2, "midpoint"): D1 = (m0 - m1) / r0 and
+      x_u = sigma_u / sigma_s x_s + A m0 + A / 2 D1; "heun" replaces A / 2 by
+      B = alpha_u ((e^{-h} - 1) / h + 1) (diffusers' solver_type="heun");
+    order 3 (3M): diffusers' multistep_dpm_solver_third_order_update
+      (Lu et al. 2022a's third-order multistep, data-prediction form).
+  Every update is written x_u = c_x x_s + c_0 m0 + c_1 (m0 - m1) + c_2 (m1 - m2).
+  The order of step i is min(order, i + 1), lowered as diffusers' `step` does:
+  the last step is first order when final_sigma = "zero" (h is infinite there
+  and x_u = x0_hat), with euler_at_final, or with lower_order_final and N < 15;
+  with lower_order_final and N < 15 the second-to-last step is at most second
+  order. The paper's 1-based t_0 = T .. t_M = 0 run from our t_0 = T - 1 down.
+
+  Args:
+    alpha_bars: float64 [T] alpha_bar table.
+    ts: int [N] decreasing timesteps (`solver_timesteps`).
+    order: 1, 2 or 3.
+    solver_type: "midpoint" or "heun" (the second-order term).
+    final_sigma: "zero" or "sigma_min".
+    lower_order_final: see above.
+    euler_at_final: see above.
+
+  Returns:
+    dict of float64 [N] arrays: alpha and sigma (alpha_s, sigma_s of the step's
+    input, to form x0_hat), c_x, c_0, c_1, c_2.
+  """
+  if order not in (1, 2, 3):
+    raise ValueError(f"order must be 1, 2 or 3, got {order}")
+  if solver_type not in DPM_SOLVER_TYPES:
+    raise ValueError(f"unknown solver_type {solver_type!r}; allowed: {DPM_SOLVER_TYPES}")
+  if final_sigma not in DPM_FINAL_SIGMAS:
+    raise ValueError(f"unknown final_sigma {final_sigma!r}; allowed: {DPM_FINAL_SIGMAS}")
+  if final_sigma == "sigma_min" and ts[-1] == 0:
+    raise ValueError("final_sigma='sigma_min' needs timesteps that stop above t = 0 "
+                     "(the final level is t = 0)")
+  n = len(ts)
+  alpha = np.sqrt(alpha_bars[ts])
+  sigma = np.sqrt(1.0 - alpha_bars[ts])
+  lam = np.log(alpha) - np.log(sigma)
+  if final_sigma == "zero":
+    alpha_u, sigma_u, lam_u = 1.0, 0.0, np.inf
+  else:
+    alpha_u, sigma_u = np.sqrt(alpha_bars[0]), np.sqrt(1.0 - alpha_bars[0])
+    lam_u = np.log(alpha_u) - np.log(sigma_u)
+  alpha_next = np.append(alpha[1:], alpha_u)
+  sigma_next = np.append(sigma[1:], sigma_u)
+  lam_next = np.append(lam[1:], lam_u)
+  coefs = {k: np.zeros(n) for k in ("c_x", "c_0", "c_1", "c_2")}
+  for i in range(n):
+    step_order = min(order, i + 1)
+    if i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigma == "zero"):
+      step_order = 1
+    if i == n - 2 and lower_order_final and n < 15:
+      step_order = min(step_order, 2)
+    if np.isinf(lam_next[i]):   # to sigma = 0 (first order): x_u = x0_hat
+      coefs["c_0"][i] = alpha_next[i]
+      continue
+    h = lam_next[i] - lam[i]
+    a = alpha_next[i] * -np.expm1(-h)                     # alpha_u (1 - e^{-h})
+    b = alpha_next[i] * (np.expm1(-h) / h + 1.0)          # alpha_u ((e^{-h} - 1) / h + 1)
+    coefs["c_x"][i] = sigma_next[i] / sigma[i]
+    coefs["c_0"][i] = a
+    if step_order == 2:
+      r0 = (lam[i] - lam[i - 1]) / h
+      coefs["c_1"][i] = (0.5 * a if solver_type == "midpoint" else b) / r0
+    elif step_order == 3:
+      r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+      c = alpha_next[i] * ((np.expm1(-h) + h) / h ** 2 - 0.5)
+      q = r0 / (r0 + r1)
+      # D1 = D1_0 + q (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1), x += B D1 - C D2.
+      coefs["c_1"][i] = (b * (1.0 + q) - c / (r0 + r1)) / r0
+      coefs["c_2"][i] = (c / (r0 + r1) - b * q) / r1
+  return dict(alpha=alpha, sigma=sigma, **coefs)
+
+
+def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Array, *,
+                      num_steps: int = 20, order: int = 2, spacing: str = "linspace",
+                      solver_type: str = "midpoint", final_sigma: str = "zero",
+                      lower_order_final: bool = True, euler_at_final: bool = False,
+                      rho: float = 7.0, sigma_max: float | None = None,
+                      clip_x0: bool = False, capture_every: int = 0):
+  """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2 = 2M).
+
+  The data-prediction exponential integrator of the probability-flow ODE: at
+  each visited timestep x0_hat = (x - sigma_s eps_hat) / alpha_s, and the step
+  is x_u = sigma_u / sigma_s x + alpha_u (1 - e^{-h}) (x0_hat + D1 / 2) with
+  D1 from the previous x0_hat (`dpm_solver_coefficients`). One eps_fn call per
+  step (N NFE). The defaults are those of diffusers' DPMSolverMultistepScheduler
+  (solver_order 2, "dpmsolver++", "midpoint", timestep_spacing "linspace",
+  final_sigmas_type "zero", lower_order_final): with final_sigma = "zero" the
+  last step returns x0_hat at t_{N-1}. x_T is the sample at t_0 (T - 1 for
+  every spacing but "leading" and a lowered Karras sigma_max, as in diffusers).
+
+  Args:
+    eps_fn: (x_t, t [B] int32) -> eps_hat.
+    schedule: the noise schedule (concrete tables).
+    x_T: [B, H, W, C] starting noise.
+    key: unused (the common sampler signature).
+    num_steps: N (= NFE).
+    order: 1 (DDIM on these timesteps), 2 (2M) or 3 (3M).
+    spacing: "linspace", "leading", "trailing" or "karras" (`solver_timesteps`).
+    solver_type: "midpoint" (the paper's 2M) or "heun".
+    final_sigma: "zero" (end at x0_hat) or "sigma_min" (end at x at t = 0;
+      not with "karras", which already ends at t = 0).
+    lower_order_final: lower the order of the last steps when N < 15.
+    euler_at_final: a first-order last step.
+    rho, sigma_max: the Karras spacing's parameters.
+    clip_x0: clip every x0_hat to [-1, 1] (diffusers' thresholding with
+      sample_max_value = 1).
+    capture_every: see the module docstring.
+
+  Returns:
+    x_0 [B, H, W, C], or (x_0, trajectory) when capture_every > 0.
+  """
+  del key
+  if spacing not in DPM_SPACINGS:
+    raise ValueError(f"unknown spacing {spacing!r}; allowed: {DPM_SPACINGS}")
+  ts = solver_timesteps(schedule, num_steps, spacing, rho=rho, sigma_max=sigma_max)
+  coefs = dpm_solver_coefficients(_alpha_bars_f64(schedule), ts, order=order,
+                                  solver_type=solver_type, final_sigma=final_sigma,
+                                  lower_order_final=lower_order_final,
+                                  euler_at_final=euler_at_final)
+  xs = (jnp.asarray(ts), {k: jnp.asarray(v, x_T.dtype) for k, v in coefs.items()})
+
+  def step(carry, s):
+    x, m1, m2 = carry
+    t, c = s
+    eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+    m0 = (x - c["sigma"] * eps) / c["alpha"]
+    if clip_x0:
+      m0 = jnp.clip(m0, -1.0, 1.0)
+    # The differences keep the second- and third-order terms accurate in float32.
+    x = c["c_x"] * x + c["c_0"] * m0 + c["c_1"] * (m0 - m1) + c["c_2"] * (m1 - m2)
+    return x, m0, m1
+
+  zeros = jnp.zeros_like(x_T)
+  out = _run_chain(step, (x_T, zeros, zeros), xs, capture_every)
+  if capture_every:
+    return out[0][0], out[1][0]
+  return out[0]
+
+
+def heun_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Array, *,
+                num_steps: int = 10, spacing: str = "karras", rho: float = 7.0,
+                sigma_max: float | None = None, clip_x0: bool = False,
+                capture_every: int = 0):
+  """EDM's deterministic Heun sampler (Karras et al. 2022, Algorithm 1) on the VP schedule.
+
+  In EDM's variables y = x / alpha_t = x sqrt(1 + s_t^2) (x the VP sample) and
+  s_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the ODE is dy/ds = (y - D(y; s)) / s
+  (eq. 4 with s(t) = 1, sigma(t) = t) with the denoiser D(y; s) = y - s eps_hat(x, t)
+  (eq. 7 with c_skip = 1, c_out = -s, c_in = alpha_t: the VP network reads the
+  unscaled x). Over s_0 > ... > s_{N-1} > s_N = 0 (the paper's 0-based i; the
+  s_i are the sigmas of the integer timesteps of `solver_timesteps`, "karras"
+  or "heun_linspace", which end at t = 0; x_T is the sample at t_0):
+    d_i = (y_i - D(y_i; s_i)) / s_i,
+    y' = y_i + (s_{i+1} - s_i) d_i                              (Euler, line 5),
+    d' = (y' - D(y'; s_{i+1})) / s_{i+1}                       (line 7),
+    y_{i+1} = y_i + (s_{i+1} - s_i) (d_i + d') / 2              (line 8),
+  and the last step (to s_N = 0) is the Euler step alone, y_N = D(y_{N-1}; s_{N-1}).
+  2N - 1 eps_fn calls. Step by step this is diffusers' HeunDiscreteScheduler
+  given these integer timesteps (its own "linspace" visits fractional t, which
+  an integer-t eps_fn cannot take) and k-diffusion's sample_heun with
+  s_churn = 0 on the same sigmas. With clip_x0, D is clipped to [-1, 1]
+  (diffusers' clip_sample). The chain carries the VP x (so a captured
+  trajectory holds x_t like the other samplers). Deterministic.
+
+  Args:
+    eps_fn: (x_t, t [B] int32) -> eps_hat.
+    schedule: the noise schedule (concrete tables).
+    x_T: [B, H, W, C] starting noise.
+    key: unused (the common sampler signature).
+    num_steps: N noise levels (2N - 1 NFE).
+    spacing: "karras" or "linspace" (`solver_timesteps`' "heun_linspace").
+    rho, sigma_max: the Karras spacing's parameters.
+    clip_x0: clip D to [-1, 1].
+    capture_every: see the module docstring.
+
+  Returns:
+    x_0 [B, H, W, C], or (x_0, trajectory) when capture_every > 0.
+  """
+  del key
+  if spacing not in HEUN_SPACINGS:
+    raise ValueError(f"unknown spacing {spacing!r}; allowed: {HEUN_SPACINGS}")
+  if num_steps < 2:
+    raise ValueError(f"num_steps must be >= 2, got {num_steps}")
+  alpha_bars = _alpha_bars_f64(schedule)
+  ts = solver_timesteps(schedule, num_steps, "karras" if spacing == "karras" else "heun_linspace",
+                        rho=rho, sigma_max=sigma_max)
+  sig = np.sqrt((1.0 - alpha_bars[ts]) / alpha_bars[ts])
+  sig_next = np.append(sig[1:], 0.0)
+  t_next = np.append(ts[1:], 0).astype(np.int32)
+  scale, scale_next = np.sqrt(1.0 + sig ** 2), np.sqrt(1.0 + sig_next ** 2)
+  xs = (jnp.asarray(ts), jnp.asarray(t_next),
+        *(jnp.asarray(a, x_T.dtype) for a in (sig, sig_next, scale, scale_next)))
+
+  def denoise(y, x, t, s):
+    d = y - s * eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+    return jnp.clip(d, -1.0, 1.0) if clip_x0 else d
+
+  def step(x, xs_i):
+    t, t_n, s, s_n, c, c_n = xs_i
+    y = x * c
+    d = (y - denoise(y, x, t, s)) / s
+    y_euler = y + (s_n - s) * d
+
+    def correct(y_euler):
+      d_n = (y_euler - denoise(y_euler, y_euler / c_n, t_n, s_n)) / s_n
+      return y + (s_n - s) * 0.5 * (d + d_n)
+
+    # Only the last step (s_n = 0) skips the correction; cond runs one branch.
+    y = jax.lax.cond(s_n > 0, correct, lambda y_e: y_e, y_euler)
+    return y / c_n
+
+  return _run_chain(step, x_T, xs, capture_every)
