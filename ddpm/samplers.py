@@ -364,12 +364,12 @@ def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: in
   sigma = 0 for "zero" or t = 0 for "sigma_min"), with h = lambda_u - lambda_s,
   m_k the data predictions x0_hat made at t_{i-k}, r0 = h_{i-1} / h,
   r1 = h_{i-2} / h and A = alpha_u (1 - e^{-h}):
-    order 1 (DPM-Solver++ eq. 5 with k = 1, = DDIM): x_u = sigma_u / sigma_s x_s + A m0;
+    order 1 (DPM-Solver++'s first-order update, = DDIM): x_u = sigma_u / sigma_s x_s + A m0;
     order 2 (2M, Algorithm 2, "midpoint"): D1 = (m0 - m1) / r0 and
       x_u = sigma_u / sigma_s x_s + A m0 + A / 2 D1; "heun" replaces A / 2 by
       B = alpha_u ((e^{-h} - 1) / h + 1) (diffusers' solver_type="heun");
-    order 3 (3M): diffusers' multistep_dpm_solver_third_order_update
-      (Lu et al. 2022a's third-order multistep, data-prediction form).
+    order 3 (3M): the third-order multistep update of diffusers'
+      multistep_dpm_solver_third_order_update (and of the authors' code).
   Every update is written x_u = c_x x_s + c_0 m0 + c_1 (m0 - m1) + c_2 (m1 - m2).
   The order of step i is min(order, i + 1), lowered as diffusers' `step` does:
   the last step is first order when final_sigma = "zero" (h is infinite there
@@ -500,6 +500,7 @@ def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: ja
     return x, m0, m1
 
   zeros = jnp.zeros_like(x_T)
+  # The carry holds the two previous x0_hat; a capture records it whole and keeps x.
   out = _run_chain(step, (x_T, zeros, zeros), xs, capture_every)
   if capture_every:
     return out[0][0], out[1][0]
@@ -514,7 +515,7 @@ def heun_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Arra
 
   In EDM's variables y = x / alpha_t = x sqrt(1 + s_t^2) (x the VP sample) and
   s_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), the ODE is dy/ds = (y - D(y; s)) / s
-  (eq. 4 with s(t) = 1, sigma(t) = t) with the denoiser D(y; s) = y - s eps_hat(x, t)
+  (eqs. 1 and 3 with sigma(t) = t) with the denoiser D(y; s) = y - s eps_hat(x, t)
   (eq. 7 with c_skip = 1, c_out = -s, c_in = alpha_t: the VP network reads the
   unscaled x). Over s_0 > ... > s_{N-1} > s_N = 0 (the paper's 0-based i; the
   s_i are the sigmas of the integer timesteps of `solver_timesteps`, "karras"
