@@ -188,8 +188,9 @@ def test_dpm_solver_equals_dpm_solver_multistep_scheduler(num_steps, order, spac
   sigma of a rounded timestep where we use that timestep's own sigma, so there
   only the timesteps are checked before the swap. Tolerance 2e-6 absolute: its
   `step` casts the sample to float32 ("upcast to avoid precision issues"), so
-  sigma_u / sigma_s x carries a float32 rounding (observed <= 1e-6); a wrong
-  order or coefficient differs by > 1e-3 here.
+  sigma_u / sigma_s x carries a float32 rounding (observed <= 1e-6); on these
+  trajectories first-order steps, or the "heun" second-order term in place of
+  "midpoint", move x by > 1e-3 (measured).
   """
   torch = _torch()
   from diffusers import DPMSolverMultistepScheduler
