@@ -349,8 +349,12 @@ def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str, *, rho: f
                      f"{DPM_SPACINGS + ('heun_linspace',)}")
   ts = ts.astype(np.int64)
   if len(ts) != num_steps or np.any(np.diff(ts) >= 0) or ts[-1] < 0:
+    hint = ""
+    if spacing == "karras":
+      hint = (f" or a lower sigma_max (this schedule's s_(T-1) is "
+              f"{np.sqrt((1 - alpha_bars[-1]) / alpha_bars[-1]):.4g}; EDM uses 80)")
     raise ValueError(f"{spacing!r} spacing cannot fit {num_steps} distinct integer steps "
-                     f"in T = {num_timesteps} timesteps; use fewer steps")
+                     f"in T = {num_timesteps} timesteps; use fewer steps{hint}")
   return ts.astype(np.int32)
 
 
