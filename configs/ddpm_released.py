@@ -25,6 +25,10 @@ Convert a downloaded checkpoint, then use any mode on the workdir:
   python -m launch --config configs/ddpm_released.py:church --workdir runs/ddpm_church \\
       --mode sample --config.sample.num=16
 
+The default variant is :cifar10. Smoke variant (the 256x256 models' six-level
+structure at 32x32 and width 16, seconds, for tests):
+  python -m launch --config configs/ddpm_released.py:smoke --workdir /tmp/ddpm_released
+
 The 256x256 datasets (CelebA-HQ, LSUN) have no reader in launch/data.py:
 sample, serve, bench and the sample figures work without them; training and
 FID against the data need a tfds dataset prepared under the data name.
@@ -42,14 +46,25 @@ _VARIANTS = {
 
 
 def get_config(arg=None):
-  if arg == "cifar10":
+  if arg == "smoke":
+    c = get_config("church")
+    base.smoke_run(c)
+    c.data.name = "cifar10"            # 32x32x3: the six levels go down to 1x1
+    c.model.ch = 16
+    c.model.num_res_blocks = 1
+    c.model.num_groups = 8
+    c.model.attn_resolutions = (2,)    # the fifth level, as 16x16 is at 256x256
+    c.diffusion.num_timesteps = 20
+    c.eval.num_samples = 16
+    return c
+  if arg in (None, "cifar10"):
     c = ddpm_cifar10.get_config()
     # The released CIFAR-10 scheduler (fixed_large, as the paper's CIFAR-10 FID).
     c.sample.variance = "beta"
     return c
   if arg not in _VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of ddpm_released "
-                     f"(allowed: cifar10, {', '.join(_VARIANTS)})")
+                     f"(allowed: cifar10, {', '.join(_VARIANTS)}, smoke)")
   c = base.get_base()
   c.task = "ddpm"
   c.data.name = _VARIANTS[arg]
