@@ -793,11 +793,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     converted = convert_to_workdir(args.src, args.workdir, model_config=args.model_config,
                                    scheduler_config=args.scheduler_config,
                                    config_spec=args.config, allow_pickle=args.allow_pickle)
-  except (ConversionError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
   except config_lib.ConfigError as e:
     print(f"error: the converted config is invalid: {e}", file=sys.stderr)
+    return 1
+  except (ConversionError, FileNotFoundError, ValueError) as e:  # e.g. a bad --config variant
+    print(f"error: {e}", file=sys.stderr)
     return 1
   count = sum(int(np.prod(v.shape)) for v in _leaves(converted.params))
   print(f"converted {converted.num_tensors} tensors ({count:,} parameters) into {args.workdir}")
