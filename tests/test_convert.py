@@ -7,7 +7,6 @@ dropped tensor shows), save it with `save_pretrained`, convert it with the
 CLI's function and compare the outputs on the same inputs and timesteps.
 """
 import json
-import pathlib
 import shlex
 import time
 
@@ -289,9 +288,15 @@ def _diffusers_model(torch, diffusers, unet, seed=0):
   return model
 
 
+# Not a released setting: attention_head_dim 8 gives two heads in every attention
+# layer, which checks that our heads split the channels as diffusers' do.
+TWO_HEADS_UNET = dict(TINY_UNET, block_out_channels=[16, 16], attention_head_dim=8)
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("variant, scale", [("cifar10", "full"), ("church", "reduced")],
-                         ids=["cifar10_32_full", "256_arch_reduced"])
+@pytest.mark.parametrize("variant, scale", [("cifar10", "full"), ("church", "reduced"),
+                                            ("cifar10", "two_heads")],
+                         ids=["cifar10_32_full", "256_arch_reduced", "tiny_two_heads"])
 def test_forward_equals_diffusers(variant, scale, tmp_path):
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
@@ -299,7 +304,8 @@ def test_forward_equals_diffusers(variant, scale, tmp_path):
   torch.set_num_threads(1)
   start = time.process_time()
   released = convert.RELEASED[variant]
-  unet = dict(released.unet) if scale == "full" else _scaled_256(released.unet)
+  unet = {"full": dict(released.unet), "reduced": _scaled_256(released.unet),
+          "two_heads": TWO_HEADS_UNET}[scale]
   model = _diffusers_model(torch, diffusers, unet)
   src = tmp_path / f"ddpm-{variant}"
   model.save_pretrained(src)
@@ -311,6 +317,7 @@ def test_forward_equals_diffusers(variant, scale, tmp_path):
   spec = None if scale == "full" else f"{RELEASED_SPEC}:cifar10"
   converted = convert.convert_to_workdir(src, workdir, config_spec=spec)
   run, state = sample_lib.load_trained(converted.config, str(workdir))
+  assert converted.config.model.num_heads == (2 if scale == "two_heads" else 1)
   assert _count(state.ema_params) == sum(p.numel() for p in model.parameters())
 
   rng = np.random.default_rng(1)
