@@ -1,7 +1,11 @@
 """Image datasets as NumPy batches: NHWC, float32 in [-1, 1], per host.
 
 Datasets by name: `fashion_mnist`, `mnist` (28x28x1, optionally padded to
-32x32 with black) and `cifar10` (32x32x3, optional horizontal flips).
+32x32 with black) and `cifar10` (32x32x3, optional horizontal flips). The
+256x256x3 names of the DDPM paper's released models (`celebahq_256`,
+`lsun_church_256`, `lsun_bedroom_256`, `lsun_cat_256`) have a shape but no
+reader: they serve converted checkpoints (`launch.convert`), which sample
+without data.
 
 Where the data comes from, in this order, for each split:
 
@@ -74,6 +78,9 @@ class _Spec:
   # sha256 of the decompressed upstream IDX files; empty = no IDX path.
   idx_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
   default_manual_dir: str = ""                # "" = none
+  # False: no reader in this project (the shape alone serves models converted
+  # from released checkpoints; see configs/ddpm_released.py).
+  readable: bool = True
 
 
 _SPECS = {
@@ -107,6 +114,9 @@ _SPECS = {
     "cifar10": _Spec(
         name="cifar10", image_shape=(32, 32, 3), num_classes=10,
         split_sizes={"train": 50_000, "test": 10_000}),
+    **{name: _Spec(name=name, image_shape=(256, 256, 3), num_classes=0, split_sizes={},
+                   readable=False)
+       for name in ("celebahq_256", "lsun_church_256", "lsun_bedroom_256", "lsun_cat_256")},
 }
 NAMES = tuple(_SPECS)
 MNIST_FAMILY = tuple(name for name, spec in _SPECS.items() if spec.idx_sha256)
@@ -338,6 +348,11 @@ def _open(data_config, split: str) -> _Split:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   spec = _SPECS[data_config.name]
+  if not spec.readable:
+    raise DatasetNotFoundError(
+        f"dataset {spec.name!r} has no reader in this project: only its image shape "
+        f"{spec.image_shape} is known, enough to sample, serve and benchmark a converted "
+        "checkpoint (python -m launch.convert), not to train or to compare with data")
   reasons = []
   source, reason = _open_tfds(spec, split, data_config.data_dir)
   if source is not None:
@@ -697,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
   prepare = commands.add_parser(
       "prepare", help="check a dataset (IDX files or prepared tfds), downloading it with "
                       "tfds if it is missing")
-  prepare.add_argument("name", choices=NAMES)
+  prepare.add_argument("name", choices=[n for n in NAMES if _SPECS[n].readable])
   prepare.add_argument("--no_download", action="store_true",
                        help="only check; exit 1 with instructions if the data is missing")
   info = commands.add_parser("info", help="what is available, for every dataset")

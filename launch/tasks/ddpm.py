@@ -59,7 +59,10 @@ from launch.config_errors import ConfigError, check_choice, check_range
 from launch.tasks import common as common_lib
 
 NUM_CLASSES = 10
-_IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+_IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3),
+                 # the released 256x256 DDPM checkpoints (configs/ddpm_released.py)
+                 "celebahq_256": (256, 256, 3), "lsun_church_256": (256, 256, 3),
+                 "lsun_bedroom_256": (256, 256, 3), "lsun_cat_256": (256, 256, 3)}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
