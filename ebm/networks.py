@@ -458,6 +458,8 @@ def energy_fn_of(network: nn.Module, params, label: jax.Array | int | None = Non
     return lambda x: network.apply({"params": params}, x)
   if label is None:
     return lambda x: marginal_energy(network.apply({"params": params}, x))
+  if isinstance(label, int) and not 0 <= label < k:
+    raise ValueError(f"label must be in [0, {k - 1}], got {label}")
   return lambda x: conditional_energy(network.apply({"params": params}, x), label)
 
 
