@@ -121,16 +121,15 @@ def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Modul
     plus "buffer_labels": int32 [N] (slot i has class i mod K) with a
     per-class buffer.
   """
+  if per_class_buffer and not num_classes_of(network):
+    raise ValueError("per_class_buffer needs a class-conditional network (num_classes > 0)")
   k_params, k_buffer = jax.random.split(key)
   image = jnp.asarray(batch["image"])
   params = network.init(k_params, jnp.zeros((1,) + image.shape[1:], jnp.float32))["params"]
   buf = replay.init_buffer(k_buffer, buffer_size, image.shape[1:])
   extras = {"buffer": buf}
   if per_class_buffer:
-    k = num_classes_of(network)
-    if not k:
-      raise ValueError("per_class_buffer needs a class-conditional network (num_classes > 0)")
-    extras["buffer_labels"] = replay.init_labels(buffer_size, k)
+    extras["buffer_labels"] = replay.init_labels(buffer_size, num_classes_of(network))
   return TrainState.create(params, tx, extras=extras)
 
 

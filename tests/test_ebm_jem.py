@@ -296,8 +296,8 @@ def test_conditional_step_adds_the_cross_entropy_of_the_data():
   settings = cd.CDSettings(langevin=cd.LangevinSettings(num_steps=2), data_noise=0.0,
                            ce_weight=0.5)
   state = cd.init_state(jax.random.key(0), batch, network=net, tx=tx, buffer_size=8)
-  new_state, m = cd.train_step(state, batch, jax.random.key(1), network=net, tx=tx,
-                               settings=settings)
+  new_state, m = jax.jit(lambda s, b, k: cd.train_step(
+      s, b, k, network=net, tx=tx, settings=settings))(state, batch, jax.random.key(1))
   e_class = net.apply({"params": state.params}, batch["image"])
   expected_ce = optax.softmax_cross_entropy_with_integer_labels(-e_class, batch["label"]).mean()
   np.testing.assert_allclose(float(m["ce"]), float(expected_ce), rtol=1e-5)
