@@ -15,6 +15,16 @@ replacement and prepends the new samples, dropping the oldest beyond 8192;
 both keep ~95% of the chains continuing from earlier samples. Restarts are
 per-chain Bernoulli(reinit_fraction), whose count is the tutorial's
 Binomial(B, 0.05) draw.
+
+Per-class buffer (JEM's conditional sampling, Grathwohl et al. 2020): a
+second array of int32 labels [N] in `TrainState.extras["buffer_labels"]`,
+entry i the class y whose E(x, y) chain slot i holds. Slot i starts with
+label i mod K (every class holds ⌊N/K⌋ or ⌈N/K⌉ slots, as JEM's buffer is K
+equal blocks), `draw_labelled` returns the labels of the drawn slots with the
+states (a restarted chain keeps its slot's label, so it restarts a chain of
+the same class), and `push_labelled` writes states and labels back together,
+so the two arrays stay aligned by construction; both are plain arrays, saved
+and restored with the state.
 """
 from __future__ import annotations
 
@@ -63,3 +73,69 @@ def draw(buffer: jax.Array, key: jax.Array, batch_size: int,
 def push(buffer: jax.Array, idx: jax.Array, x: jax.Array) -> jax.Array:
   """Writes the chains' new states x [B, H, W, C] into slots idx [B] (distinct)."""
   return buffer.at[idx].set(x.astype(buffer.dtype), unique_indices=True)
+
+
+def init_labels(size: int, num_classes: int) -> jax.Array:
+  """Labels of a fresh per-class buffer: slot i has class i mod K, int32 [size]."""
+  if num_classes < 1:
+    raise ValueError(f"a per-class buffer needs num_classes >= 1, got {num_classes}")
+  if size < num_classes:
+    raise ValueError(f"a per-class buffer needs size >= num_classes ({num_classes}), "
+                     f"got {size}")
+  return jnp.arange(size, dtype=jnp.int32) % num_classes
+
+
+def draw_labelled(buffer: jax.Array, labels: jax.Array, key: jax.Array, batch_size: int,
+                  reinit_fraction: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`draw` from a per-class buffer: start states, their labels and slots.
+
+  Args:
+    buffer: [N, H, W, C].
+    labels: int32 [N], the class of each slot.
+    key: PRNG key (the same draw as `draw` with this key).
+    batch_size: B (static).
+    reinit_fraction: as in `draw`; a restarted chain keeps its slot's label.
+
+  Returns:
+    (x0 [B, H, W, C], y int32 [B], idx int32 [B]) with y = labels[idx].
+  """
+  x0, idx = draw(buffer, key, batch_size, reinit_fraction)
+  return x0, labels[idx], idx
+
+
+def slots_of_classes(labels: jax.Array, key: jax.Array, y: jax.Array) -> jax.Array:
+  """Random buffer slots holding the requested classes, distinct where possible.
+
+  The slots are ordered by (label, a random key), so each class's slots come
+  in a random order; the j-th request for class c takes the j-th slot of c
+  (wrapping around when more than the count of c are requested).
+
+  Args:
+    labels: int32 [N], the class of each slot.
+    key: PRNG key.
+    y: int32 [B], the requested classes (each must occur in `labels`).
+
+  Returns:
+    int32 [B] slots with labels[slots] == y.
+  """
+  y = jnp.asarray(y, jnp.int32)
+  n = labels.shape[0]
+  order = jnp.lexsort((jax.random.uniform(key, (n,)), labels))   # by label, then random
+  sorted_labels = labels[order]
+  start = jnp.searchsorted(sorted_labels, y, side="left")
+  count = jnp.searchsorted(sorted_labels, y, side="right") - start
+  # rank of each request among the earlier requests of the same class
+  i = jnp.arange(y.shape[0])
+  rank = jnp.sum((y[:, None] == y[None, :]) & (i[None, :] < i[:, None]), axis=1)
+  return order[start + rank % jnp.maximum(count, 1)].astype(jnp.int32)
+
+
+def push_labelled(buffer: jax.Array, labels: jax.Array, idx: jax.Array, x: jax.Array,
+                  y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`push` for a per-class buffer: states x [B, ...] and labels y [B] into slots idx.
+
+  Returns:
+    (buffer [N, H, W, C], labels int32 [N]).
+  """
+  return (push(buffer, idx, x),
+          labels.at[idx].set(jnp.asarray(y, labels.dtype), unique_indices=True))

@@ -1,6 +1,6 @@
 """Training and sampling an EBM by contrastive divergence with a replay buffer.
 
-Pure functions over `ddpm.train_state.TrainState`; the replay buffer is
+Pure functions over `core.train_state.TrainState`; the replay buffer is
 `state.extras["buffer"]` [N, H, W, C]. Hyperparameters are frozen dataclasses
 (`LangevinSettings`, `CDSettings`) passed as keyword arguments and bound by
 the task, so every function here jit-compiles with them static.
@@ -16,6 +16,17 @@ One training step (`train_step`), as in the UvA tutorial 8:
      pass on [x⁺; x⁻]; one optimiser update (Adam β1 = 0, clipping: the
      optimiser is built by the task);
   5. write x⁻ back into the buffer slots.
+
+Class-conditional EBMs (JEM, Grathwohl et al. 2020): a network with
+`num_classes` = K > 0 outputs E(x, y) = -f(x)[y] [B, K]. CD then trains the
+marginal E(x) = -logsumexp_y f(x)[y] on both sides of the loss, with the
+chain either on E(x) (the default) or, with `CDSettings.conditional_sampling`,
+on E(x, y) for labels carried by a per-class buffer
+(`extras["buffer_labels"]`, see `ebm.buffer`): samples of p(x | y) for
+balanced y instead of samples of p(x). `CDSettings.ce_weight` > 0 adds JEM's
+classifier term, ce_weight · (-mean log p(y | x)) on the labelled data
+batch["label"], making the loss JEM's hybrid -log p(x) - log p(y | x).
+A scalar network (K = 0) runs exactly the unconditional step above.
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ from core.train_state import TrainState
 from ebm import buffer as replay
 from ebm import langevin
 from ebm import losses
-from ebm.networks import energy_fn_of
+from ebm.networks import energy_fn_of, marginal_energy, num_classes_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +85,12 @@ class CDSettings:
     reg_alpha: α of the squared-energy regulariser.
     data_noise: std of the Gaussian noise added to data (0 = none).
     ema_decay: EMA decay of the parameters.
-    ema_warmup: EMA warm-up (see `ddpm.train_state.ema_decay_at`).
+    ema_warmup: EMA warm-up (see `core.train_state.ema_decay_at`).
+    conditional_sampling: class-conditional networks only: run the training
+      chains on E(x, y) with the labels of a per-class buffer (the state
+      must come from `init_state(..., per_class_buffer=True)`).
+    ce_weight: class-conditional networks only: weight of JEM's
+      cross-entropy term -mean log p(y | x) on batch["label"]; 0 = off.
   """
   langevin: LangevinSettings = LangevinSettings()
   reinit_fraction: float = 0.05
@@ -82,10 +98,13 @@ class CDSettings:
   data_noise: float = 0.005
   ema_decay: float = 0.999
   ema_warmup: bool = True
+  conditional_sampling: bool = False
+  ce_weight: float = 0.0
 
 
 def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Module,
-               tx: optax.GradientTransformation, buffer_size: int) -> TrainState:
+               tx: optax.GradientTransformation, buffer_size: int,
+               per_class_buffer: bool = False) -> TrainState:
   """Parameters, optimiser state and a uniform-noise replay buffer.
 
   Args:
@@ -94,15 +113,39 @@ def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Modul
     network: the energy network.
     tx: the optimiser.
     buffer_size: N, number of buffer slots.
+    per_class_buffer: also keep the slots' labels (for
+      `CDSettings.conditional_sampling`; class-conditional networks only).
 
   Returns:
-    TrainState with extras = {"buffer": [N, H, W, C] uniform in [-1, 1]}.
+    TrainState with extras = {"buffer": [N, H, W, C] uniform in [-1, 1]},
+    plus "buffer_labels": int32 [N] (slot i has class i mod K) with a
+    per-class buffer.
   """
+  if per_class_buffer and not num_classes_of(network):
+    raise ValueError("per_class_buffer needs a class-conditional network (num_classes > 0)")
   k_params, k_buffer = jax.random.split(key)
   image = jnp.asarray(batch["image"])
   params = network.init(k_params, jnp.zeros((1,) + image.shape[1:], jnp.float32))["params"]
   buf = replay.init_buffer(k_buffer, buffer_size, image.shape[1:])
-  return TrainState.create(params, tx, extras={"buffer": buf})
+  extras = {"buffer": buf}
+  if per_class_buffer:
+    extras["buffer_labels"] = replay.init_labels(buffer_size, num_classes_of(network))
+  return TrainState.create(params, tx, extras=extras)
+
+
+def _check_settings(network: nn.Module, settings: CDSettings, state: TrainState,
+                    batch: dict[str, jax.Array]) -> int:
+  """K of the network, after checking the class options fit it and the state."""
+  k = num_classes_of(network)
+  if not k and (settings.conditional_sampling or settings.ce_weight):
+    raise ValueError(f"conditional_sampling / ce_weight need a class-conditional network; "
+                     f"{type(network).__name__} has num_classes = 0")
+  if settings.conditional_sampling and "buffer_labels" not in state.extras:
+    raise ValueError("conditional_sampling needs a per-class buffer: state.extras has no "
+                     "'buffer_labels' (init_state(..., per_class_buffer=True))")
+  if settings.ce_weight and "label" not in batch:
+    raise ValueError(f"ce_weight = {settings.ce_weight} needs batch['label']")
+  return k
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
@@ -122,16 +165,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     (new state, metrics) with float32 scalar metrics: "loss", "cd", "reg",
     "energy_pos", "energy_neg" (means over the batch), "langevin_grad_norm"
     (mean L2 norm of ∇ₓE along the chain), "grad_norm" (global norm of the
-    parameter gradient, before clipping).
+    parameter gradient, before clipping). For a class-conditional network
+    the energies are the marginal E(x), and when batch["label"] is given
+    "ce" (-mean log p(y | x) on the data) and "accuracy" are added; "loss"
+    includes ce_weight · ce.
   """
+  k = _check_settings(network, settings, state, batch)
   key = jax.random.fold_in(key, state.step)
   k_draw, k_chain, k_data = jax.random.split(key, 3)
   x_data = batch["image"].astype(jnp.float32)
   batch_size = x_data.shape[0]
 
-  x0, idx = replay.draw(state.extras["buffer"], k_draw, batch_size,
-                        settings.reinit_fraction)
-  chain = settings.langevin.run(energy_fn_of(network, state.params), x0, k_chain)
+  extras = dict(state.extras)
+  if settings.conditional_sampling:
+    x0, y_neg, idx = replay.draw_labelled(state.extras["buffer"], state.extras["buffer_labels"],
+                                          k_draw, batch_size, settings.reinit_fraction)
+    energy_fn = energy_fn_of(network, state.params, label=y_neg)
+  else:
+    x0, idx = replay.draw(state.extras["buffer"], k_draw, batch_size,
+                          settings.reinit_fraction)
+    energy_fn = energy_fn_of(network, state.params)
+  chain = settings.langevin.run(energy_fn, x0, k_chain)
   x_neg = jax.lax.stop_gradient(chain.x)
   x_pos = x_data
   if settings.data_noise > 0:
@@ -140,11 +194,24 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
 
   def loss_fn(params):
     energies = network.apply({"params": params}, jnp.concatenate([x_pos, x_neg], axis=0))
-    return losses.cd_loss(energies[:batch_size], energies[batch_size:], settings.reg_alpha)
+    if not k:
+      return losses.cd_loss(energies[:batch_size], energies[batch_size:], settings.reg_alpha)
+    e = marginal_energy(energies)
+    loss, aux = losses.cd_loss(e[:batch_size], e[batch_size:], settings.reg_alpha)
+    if "label" in batch:
+      # On the (noised) data of the CD term: one forward pass serves both.
+      ce, accuracy = losses.jem_cross_entropy(energies[:batch_size], batch["label"])
+      aux = dict(aux, ce=ce, accuracy=accuracy)
+      if settings.ce_weight:
+        loss = loss + settings.ce_weight * ce
+    return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_buffer = replay.push(state.extras["buffer"], idx, x_neg)
-  extras = dict(state.extras, buffer=new_buffer)
+  if settings.conditional_sampling:
+    extras["buffer"], extras["buffer_labels"] = replay.push_labelled(
+        state.extras["buffer"], state.extras["buffer_labels"], idx, x_neg, y_neg)
+  else:
+    extras["buffer"] = replay.push(state.extras["buffer"], idx, x_neg)
   new_state = state.apply_gradients(grads, tx, settings.ema_decay, settings.ema_warmup,
                                     extras=extras)
   metrics = {"loss": loss, **aux, "langevin_grad_norm": chain.grad_norm,
@@ -154,7 +221,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
 
 def sample(params: Any, key: jax.Array, num: int, *, network: nn.Module,
            image_shape: Sequence[int], langevin_settings: LangevinSettings,
-           init: jax.Array | None = None, capture_every: int = 0):
+           init: jax.Array | None = None, capture_every: int = 0,
+           labels: jax.Array | None = None):
   """Langevin samples of E_params, from uniform noise or from `init`.
 
   Args:
@@ -167,6 +235,8 @@ def sample(params: Any, key: jax.Array, num: int, *, network: nn.Module,
     init: optional start states [num, H, W, C] (e.g. buffer samples or
       corrupted images); default U[-1, 1].
     capture_every: c > 0 also returns every c-th state.
+    labels: class-conditional networks: int [num] (or a scalar) classes to
+      sample, the chain runs on E(x, y); None = the marginal E(x).
 
   Returns:
     images [num, H, W, C] in x_range, or (images, trajectory) with trajectory
@@ -174,7 +244,7 @@ def sample(params: Any, key: jax.Array, num: int, *, network: nn.Module,
   """
   k_init, k_chain = jax.random.split(key)
   x0 = replay.uniform_images(k_init, num, image_shape) if init is None else init
-  result = langevin_settings.run(energy_fn_of(network, params), x0, k_chain,
+  result = langevin_settings.run(energy_fn_of(network, params, label=labels), x0, k_chain,
                                  capture_every=capture_every)
   if capture_every > 0:
     return result.x, result.trajectory
@@ -182,11 +252,15 @@ def sample(params: Any, key: jax.Array, num: int, *, network: nn.Module,
 
 
 def sample_from_buffer(state: TrainState, key: jax.Array, num: int, *, network: nn.Module,
-                       langevin_settings: LangevinSettings, capture_every: int = 0):
+                       langevin_settings: LangevinSettings, capture_every: int = 0,
+                       labels: jax.Array | None = None):
   """`num` distinct buffer entries, each continued for the settings' num_steps.
 
   The chains use `state.params` (the parameters that produced the buffer);
-  num_steps = 0 returns the buffer entries themselves.
+  num_steps = 0 returns the buffer entries themselves. With `labels`, a
+  per-class buffer gives entries of the requested classes (distinct while
+  a class has enough slots, `ebm.buffer.slots_of_classes`); any other buffer
+  gives random entries; either way they are continued on E(x, y).
 
   Args:
     state: a train state with extras["buffer"] [N, H, W, C], N >= num.
@@ -195,12 +269,18 @@ def sample_from_buffer(state: TrainState, key: jax.Array, num: int, *, network: 
     network: the energy network.
     langevin_settings: the continuation chain.
     capture_every: as in `sample`.
+    labels: as in `sample`: int [num] or a scalar.
 
   Returns:
     As `sample`.
   """
   k_draw, k_chain = jax.random.split(key)
-  x0, _ = replay.draw(state.extras["buffer"], k_draw, num, 0.0)
+  if labels is not None and "buffer_labels" in state.extras:
+    y = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (num,))
+    x0 = state.extras["buffer"][replay.slots_of_classes(state.extras["buffer_labels"],
+                                                        k_draw, y)]
+  else:
+    x0, _ = replay.draw(state.extras["buffer"], k_draw, num, 0.0)
   return sample(state.params, k_chain, num, network=network,
                 image_shape=x0.shape[1:], langevin_settings=langevin_settings,
-                init=x0, capture_every=capture_every)
+                init=x0, capture_every=capture_every, labels=labels)

@@ -261,12 +261,16 @@ class CNNEnergy(nn.Module):
       positions (H'·W') are computed as matmuls (`conv2d_matmul`); with the
       default 16 these are the 4×4 and 2×2 outputs of a 32×32 input. 0 =
       every layer is a convolution. Same values and gradients either way.
+    num_classes: K > 0 makes the last layer K-wide and the output the K
+      per-class energies E(x, y) = -f(x)[y] [B, K] (JEM; see `energy_fn_of`);
+      0 = one scalar energy [B] (the tutorial's network, same parameters).
     dtype: compute dtype (parameters stay float32; energies are float32).
   """
   c_hid: int = 32
   activation: str = "swish"
   custom_grad: bool = True
   matmul_positions: int = 16
+  num_classes: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -277,7 +281,8 @@ class CNNEnergy(nn.Module):
       x: images [B, H, W, C] in [-1, 1], H = W ≤ 32 with 32 - H even.
 
     Returns:
-      E(x) [B], float32.
+      E(x) [B] float32, or the per-class energies E(x, y) [B, K] when
+      num_classes = K > 0.
     """
     act = ACTIVATIONS[self.activation]
     h_in = x.shape[1]
@@ -295,7 +300,8 @@ class CNNEnergy(nn.Module):
                    impl=impl, dtype=self.dtype, name=f"Conv_{i}")(h))
     h = h.reshape(h.shape[0], -1)
     h = act(nn.Dense(4 * c, dtype=self.dtype)(h))
-    f = nn.Dense(1, dtype=self.dtype)(h)[:, 0]
+    f = nn.Dense(max(self.num_classes, 1), dtype=self.dtype)(h)
+    f = f if self.num_classes else f[:, 0]
     return -f.astype(jnp.float32)
 
 
@@ -339,6 +345,9 @@ class ResNetEnergy(nn.Module):
     activation: name in `ACTIVATIONS` ("swish" or "leaky_relu").
     spectral_norm: spectral normalisation of every conv and dense kernel.
     custom_grad: convolutions with the CPU-friendly input gradient.
+    num_classes: K > 0 makes the last layer K-wide and the output the K
+      per-class energies E(x, y) [B, K] (JEM; see `energy_fn_of`); 0 = one
+      scalar energy [B].
     dtype: compute dtype.
   """
   ch: int = 128
@@ -347,6 +356,7 @@ class ResNetEnergy(nn.Module):
   activation: str = "swish"
   spectral_norm: bool = False
   custom_grad: bool = True
+  num_classes: int = 0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -357,7 +367,8 @@ class ResNetEnergy(nn.Module):
       x: images [B, H, W, C] in [-1, 1].
 
     Returns:
-      E(x) [B], float32.
+      E(x) [B] float32, or the per-class energies E(x, y) [B, K] when
+      num_classes = K > 0.
     """
     act = ACTIVATIONS[self.activation]
     h = Conv(self.ch, (3, 3), spectral_norm=self.spectral_norm, custom_grad=self.custom_grad,
@@ -370,7 +381,8 @@ class ResNetEnergy(nn.Module):
     # IGEBM sums over space; the mean keeps E's scale independent of the
     # resolution, so a fresh network's energies are O(1), not O(H·W).
     h = jnp.mean(act(h), axis=(1, 2))   # [B, C]
-    e = SNDense(1, spectral_norm=self.spectral_norm, dtype=self.dtype)(h)[:, 0]
+    e = SNDense(max(self.num_classes, 1), spectral_norm=self.spectral_norm, dtype=self.dtype)(h)
+    e = e if self.num_classes else e[:, 0]
     return e.astype(jnp.float32)
 
 
@@ -388,6 +400,71 @@ def make_network(name: str, **fields) -> nn.Module:
   return NETWORKS[name](**fields)
 
 
-def energy_fn_of(network: nn.Module, params) -> Callable[[jax.Array], jax.Array]:
-  """E(·) with `params` bound: images [B, H, W, C] -> energies [B]."""
+def num_classes_of(network: nn.Module) -> int:
+  """K of a class-conditional energy network (its per-class outputs), 0 if scalar."""
+  k = int(getattr(network, "num_classes", 0))
+  if k < 0:
+    raise ValueError(f"num_classes must be >= 0, got {k}")
+  return k
+
+
+def marginal_energy(class_energies: jax.Array) -> jax.Array:
+  """E(x) = -logsumexp_y(-E(x, y)) = -logsumexp_y f(x)[y] (JEM's p(x)).
+
+  Args:
+    class_energies: E(x, y) [B, K].
+
+  Returns:
+    [B] float32; exp(-E(x)) = Σ_y exp(-E(x, y)), so p(x) ∝ Σ_y p(x, y).
+  """
+  return -jax.nn.logsumexp(-class_energies.astype(jnp.float32), axis=-1)
+
+
+def conditional_energy(class_energies: jax.Array, labels: jax.Array | int) -> jax.Array:
+  """E(x, y) = -f(x)[y]: the energy of each image under its label.
+
+  Args:
+    class_energies: E(x, ·) [B, K].
+    labels: int labels in [0, K), a scalar (one class for all) or [B].
+
+  Returns:
+    [B] float32.
+  """
+  labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), class_energies.shape[:1])
+  picked = jnp.take_along_axis(class_energies, labels[:, None], axis=-1)[:, 0]
+  return picked.astype(jnp.float32)
+
+
+def class_logits(class_energies: jax.Array) -> jax.Array:
+  """Classifier logits f(x) = -E(x, ·) [B, K]: p(y | x) = softmax_y f(x)[y]."""
+  return -class_energies.astype(jnp.float32)
+
+
+def energy_fn_of(network: nn.Module, params, label: jax.Array | int | None = None
+                 ) -> Callable[[jax.Array], jax.Array]:
+  """E(·) with `params` bound: images [B, H, W, C] -> energies [B].
+
+  For a scalar network (num_classes = 0) this is the network itself and
+  `label` must be None. For a class-conditional one (num_classes = K) it is
+  the marginal E(x) = -logsumexp_y f(x)[y] when `label` is None, else the
+  joint E(x, y) = -f(x)[y] with y = `label` (a scalar, or [B] aligned with
+  the batch the function is called on).
+  """
+  k = num_classes_of(network)
+  if not k:
+    if label is not None:
+      raise ValueError(f"label given for an unconditional energy network "
+                       f"({type(network).__name__} has num_classes = 0)")
+    return lambda x: network.apply({"params": params}, x)
+  if label is None:
+    return lambda x: marginal_energy(network.apply({"params": params}, x))
+  if isinstance(label, int) and not 0 <= label < k:
+    raise ValueError(f"label must be in [0, {k - 1}], got {label}")
+  return lambda x: conditional_energy(network.apply({"params": params}, x), label)
+
+
+def class_energies_fn_of(network: nn.Module, params) -> Callable[[jax.Array], jax.Array]:
+  """E(·, ·) with `params` bound: images [B, H, W, C] -> [B, K] (K > 0 only)."""
+  if not num_classes_of(network):
+    raise ValueError(f"{type(network).__name__} has num_classes = 0: no per-class energies")
   return lambda x: network.apply({"params": params}, x)

@@ -7,8 +7,13 @@ made offline from the test images themselves.
 
 Inpainting / denoising: Langevin dynamics on E with the known pixels clamped
 to their given values after every step (`jnp.where`, so they stay exactly
-equal), started from noise in the unknown pixels (inpainting) or from the
-corrupted image (denoising).
+equal), started from noise in the unknown pixels (inpainting), or a few
+steps started at the noisy image itself with nothing clamped (denoising).
+Each chain is one `lax.scan`; jit the caller with the step counts static.
+Corruptions (`box_mask`, `gaussian_noised_set`) and the error against the
+original (`mse`, `psnr`, `restoration_errors`) are here too. For a
+class-conditional energy pass `energy_fn_of(network, params, label)` to
+restore under a class, or the marginal (label None).
 """
 from __future__ import annotations
 
@@ -167,15 +172,95 @@ def inpaint(energy_fn: EnergyFn, x_known: jax.Array, mask: jax.Array, key: jax.A
 
 def denoise(energy_fn: EnergyFn, x_noisy: jax.Array, key: jax.Array, num_steps: int,
             step_size: float, noise_scale: float = 0.0, grad_clip: float | None = None,
-            *, capture_every: int = 0):
+            *, noise_first: bool = False, capture_every: int = 0):
   """Langevin descent on E started at corrupted images x_noisy [B, H, W, C].
 
   With noise_scale = 0 it is clipped gradient descent on the energy, pulling
-  the images towards nearby low-energy (data-like) images.
+  the images towards nearby low-energy (data-like) images; a few steps
+  suffice (many would walk on to a mode and forget the input).
+
+  Args:
+    energy_fn: E, [B, H, W, C] -> [B].
+    x_noisy: corrupted images [B, H, W, C] in [-1, 1] (the chain's start).
+    key: PRNG key (unused when noise_scale = 0).
+    num_steps, step_size, noise_scale, grad_clip, noise_first: the chain (see
+      `ebm.langevin`); states are clipped to [-1, 1].
+    capture_every: c > 0 also returns every c-th state.
 
   Returns:
-    As `inpaint` (no pixel is clamped).
+    images [B, H, W, C] (or (images, trajectory) when c > 0).
   """
   return langevin.langevin_sample(energy_fn, x_noisy, key, num_steps, step_size,
                                   noise_scale, grad_clip, (-1.0, 1.0),
-                                  capture_every=capture_every)
+                                  noise_first=noise_first, capture_every=capture_every)
+
+
+def box_mask(image_shape, top: int, left: int, height: int, width: int) -> jax.Array:
+  """Known-pixel mask of box inpainting: False inside the box, True elsewhere.
+
+  Args:
+    image_shape: (H, W) or (H, W, C).
+    top, left: the box's first row and column (0-based).
+    height, width: the box's size; it must lie inside the image.
+
+  Returns:
+    bool [H, W, 1] (broadcasts over channels and a batch), True = known.
+  """
+  h, w = int(image_shape[0]), int(image_shape[1])
+  if height < 1 or width < 1 or top < 0 or left < 0 or top + height > h or left + width > w:
+    raise ValueError(f"box (top={top}, left={left}, height={height}, width={width}) is not "
+                     f"a non-empty box inside the {h}x{w} image")
+  rows = (jnp.arange(h) >= top) & (jnp.arange(h) < top + height)
+  cols = (jnp.arange(w) >= left) & (jnp.arange(w) < left + width)
+  return ~(rows[:, None] & cols[None, :])[:, :, None]
+
+
+def mse(x: jax.Array, x_ref: jax.Array) -> jax.Array:
+  """Mean squared error per image: x, x_ref [B, ...] -> float32 [B]."""
+  d = jnp.asarray(x, jnp.float32) - jnp.asarray(x_ref, jnp.float32)
+  return jnp.mean(jnp.square(d).reshape(d.shape[0], -1), axis=1)
+
+
+def psnr(x: jax.Array, x_ref: jax.Array, data_range: float = 2.0) -> jax.Array:
+  """Peak signal-to-noise ratio per image, 10 log10(range² / MSE), in dB.
+
+  Args:
+    x, x_ref: images [B, ...].
+    data_range: max - min of the pixel range; 2 for [-1, 1] (the same PSNR
+      as for the images mapped to [0, 1] with range 1, or uint8 with 255).
+
+  Returns:
+    float32 [B] (inf where x == x_ref).
+  """
+  return 10.0 * jnp.log10(data_range ** 2 / mse(x, x_ref))
+
+
+def restoration_errors(x_restored: jax.Array, x_corrupted: jax.Array,
+                       x_original: jax.Array, mask: jax.Array | None = None,
+                       data_range: float = 2.0) -> dict[str, jax.Array]:
+  """MSE / PSNR of a restoration and of its corrupted input (the baseline).
+
+  Args:
+    x_restored, x_corrupted, x_original: images [B, H, W, C].
+    mask: optional known-pixel mask (inpainting), broadcastable to the
+      images; the errors are then over the unknown pixels only (elsewhere
+      all three agree by construction). None = over every pixel.
+    data_range: as in `psnr`.
+
+  Returns:
+    {"mse", "psnr", "mse_corrupted", "psnr_corrupted"}: float32 means over
+    the batch (PSNR the mean of per-image dB values).
+  """
+  if mask is None:
+    err, err_in = mse(x_restored, x_original), mse(x_corrupted, x_original)
+  else:
+    unknown = ~jnp.broadcast_to(mask, x_original.shape)
+    count = jnp.sum(unknown.reshape(unknown.shape[0], -1), axis=1)
+    def masked_mse(x):
+      d = jnp.where(unknown, jnp.asarray(x, jnp.float32) - jnp.asarray(x_original, jnp.float32),
+                    0.0)
+      return jnp.sum(jnp.square(d).reshape(d.shape[0], -1), axis=1) / count
+    err, err_in = masked_mse(x_restored), masked_mse(x_corrupted)
+  to_db = lambda e: 10.0 * jnp.log10(data_range ** 2 / e)
+  return {"mse": jnp.mean(err), "psnr": jnp.mean(to_db(err)),
+          "mse_corrupted": jnp.mean(err_in), "psnr_corrupted": jnp.mean(to_db(err_in))}
