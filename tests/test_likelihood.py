@@ -273,28 +273,3 @@ def test_gaussian_oracle_bound_is_above_and_close_to_the_true_nll(oracle_data, v
   assert float(distortion[0]) < 1.5
   assert float(distortion[-1]) == pytest.approx(S * 127.5, rel=0.02)
   assert np.all(np.diff(np.asarray(rate)) <= 1e-6)      # bits only accumulate
-
-
-def test_distortion_is_zero_for_an_exact_eps():
-  """Point-mass data x* with eps_hat = (x_t - sqrt(a) x*) / sqrt(1 - a): x0_hat = x* at every t."""
-  sched = schedules.make_schedule("linear", 1000)
-  k = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1) * 8 % 256
-  x_star = jnp.asarray(k / 127.5 - 1, jnp.float32)
-
-  def eps_fn(x_t, t):
-    a = jnp.asarray(sched.alpha_bars)[t].reshape(-1, 1, 1, 1)
-    return (x_t - jnp.sqrt(a) * x_star) / jnp.sqrt(1 - a)
-
-  bound = jax.jit(lambda x: likelihood.variational_bound(eps_fn, sched, x, jax.random.key(0),
-                                                         cdf="exact"))(x_star)
-  rate, distortion = likelihood.rate_distortion(bound)
-  assert float(distortion[0]) < 1e-3 and float(jnp.max(distortion)) < 0.05
-  np.testing.assert_allclose(rate[-1], jnp.mean(bound.prior_bpd), rtol=1e-6)
-  # The decoder puts x* at the centre of its bin: -log2 P = -log2(2 Phi(h / sigma_1) - 1).
-  scale = math.sqrt(schedules.tables_from_betas(schedules.linear_betas(1000))
-                    ["posterior_variance"][1])
-  interior = -math.log2(special.ndtr(1 / 255 / scale) - special.ndtr(-1 / 255 / scale))
-  edge = -math.log2(special.ndtr(1 / 255 / scale))
-  n_edge = np.sum((k == 0) | (k == 255), axis=(1, 2, 3))
-  expected = (n_edge * edge + (16 - n_edge) * interior) / 16
-  np.testing.assert_allclose(bound.terms_bpd[:, 0], expected, rtol=2e-3)
