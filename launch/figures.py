@@ -587,16 +587,20 @@ def rate_distortion_figure(rate, distortion, total_bpd: float,
   if rate.shape != distortion.shape or rate.ndim != 1:
     raise ValueError(f"rate {rate.shape} and distortion {distortion.shape} must be equal [T]")
   num_t = len(rate)
-  steps = num_t - np.arange(num_t)          # reverse steps taken when x_t is received: T - t
+  # In the order received: x_T (code T - 1) after 0 reverse steps, ..., x_1
+  # (code 0) after T - 1, then x_0 itself (rate total_bpd, distortion 0) after T.
+  steps = np.arange(num_t + 1)
+  rate = np.append(rate[::-1], total_bpd)
+  distortion = np.append(distortion[::-1], 0.0)
   fig = _new_figure(12.0, 3.6)
   axes = fig.subplots(1, 3)
   axes[0].plot(steps, distortion)
   axes[0].set_xlabel("reverse process steps (T - t)")
   axes[0].set_ylabel("distortion (RMSE [0, 255])")
-  axes[1].plot(np.append(steps, num_t + 1), np.append(rate, total_bpd))
+  axes[1].plot(steps, rate)
   axes[1].set_xlabel("reverse process steps (T - t)")
   axes[1].set_ylabel("rate (bits/dim)")
-  axes[2].plot(np.append(rate, total_bpd), np.append(distortion, 0.0))
+  axes[2].plot(rate, distortion)
   axes[2].set_xlabel("rate (bits/dim)")
   axes[2].set_ylabel("distortion (RMSE [0, 255])")
   for ax in axes:
