@@ -37,14 +37,14 @@ def _bin_log_prob(k, mean, scale, cdf):
 
 @pytest.mark.parametrize("cdf", likelihood.CDFS)
 def test_decoder_probabilities_sum_to_one(cdf):
-  x = jnp.asarray(LEVELS, jnp.float32)
-  for mean in (-1.3, -1.0, -0.41, 0.0, 0.5, 0.99, 1.2):
-    for scale in (1e-3, 7.3e-3, 0.05, 0.4, 1.0, 4.0):
-      log_p = likelihood.discretized_gaussian_log_likelihood(
-          x, jnp.float32(mean), jnp.float32(math.log(scale)), cdf=cdf)
-      p = np.exp(np.asarray(log_p, np.float64))
-      assert np.all(np.isfinite(log_p)), (mean, scale)
-      np.testing.assert_allclose(p.sum(), 1.0, atol=2e-5, err_msg=f"{mean=} {scale=}")
+  means = np.array([-1.3, -1.0, -0.41, 0.0, 0.5, 0.99, 1.2]).reshape(-1, 1, 1)
+  scales = np.array([1e-3, 7.3e-3, 0.05, 0.4, 1.0, 4.0]).reshape(1, -1, 1)
+  log_p = likelihood.discretized_gaussian_log_likelihood(
+      jnp.asarray(LEVELS.reshape(1, 1, -1), jnp.float32), jnp.asarray(means, jnp.float32),
+      jnp.asarray(np.log(scales), jnp.float32), cdf=cdf)     # [means, scales, 256 bins]
+  assert log_p.shape == (7, 6, 256) and np.all(np.isfinite(log_p))
+  total = np.exp(np.asarray(log_p, np.float64)).sum(-1)
+  np.testing.assert_allclose(total, np.ones((7, 6)), atol=2e-5)
 
 
 @pytest.mark.parametrize("cdf", likelihood.CDFS)
