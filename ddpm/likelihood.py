@@ -145,9 +145,11 @@ def prior_bpd(schedule: Schedule, x0: jax.Array) -> jax.Array:
   Returns:
     [B].
   """
-  var = 1.0 - jnp.asarray(schedule.alpha_bars, jnp.float32)[-1]
+  # log(1 - alpha_bar_T) from the float64-derived table: 1 - alpha_bar in
+  # float32 would lose the digits of a short schedule's small 1 - alpha_bar.
+  log_var = 2.0 * jnp.log(jnp.asarray(schedule.sqrt_one_minus_alpha_bars)[-1])
   mean = jnp.asarray(schedule.sqrt_alpha_bars)[-1] * x0
-  kl = normal_kl(mean, jnp.log(var), 0.0, 0.0)
+  kl = normal_kl(mean, log_var, 0.0, 0.0)
   return jnp.mean(kl.reshape(x0.shape[0], -1), axis=1) / math.log(2.0)
 
 
