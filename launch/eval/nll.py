@@ -111,7 +111,8 @@ def nll_records(config, workdir, run, state) -> list[dict]:
       np.savez(f, **out)
     figures.save_figure(figures.nll_terms_figure(
         terms, float(out["prior_bpd"].mean()),
-        title=f"Variational bound per term, {len(images)} {config.data.name} {split} images"),
+        title=f"Variational bound per term, {len(images)} {config.data.name} {split} images "
+              f"(bits per {model_dims} model dims)"),
         workdir / "figures" / "nll_terms.png")
   record = {
       "metric": "nll_bpd", "value": float(total.mean()),
