@@ -127,6 +127,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval.classifier_workdir = ""
   c.eval.inception_weights = ""       # FID/IS Inception .npz (python -m launch.eval.inception convert)
   c.eval.ddpm_workdir = ""            # denoiser figures: DDPM samples from the same noise
+  c.eval.nll_images = 256             # DDPM: test images scored by the variational bound
+                                      # (nll_bpd, bits/dim); 0 = skip
 
   c.bench = ml_collections.ConfigDict()
   c.bench.batch_size = 0               # train / CD / Langevin batch; 0 = train.batch_size

@@ -111,7 +111,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   tasks.build(config)  # each task validates the keys it reads
   for key in ("train.steps", "train.batch_size", "train.keep_ckpts", "train.steps_per_dispatch"):
     _check_positive_int(config, key)
-  for key in ("train.log_every", "train.ckpt_every", "train.sample_every", "train.num_samples"):
+  for key in ("train.log_every", "train.ckpt_every", "train.sample_every", "train.num_samples",
+              "eval.nll_images"):
     _check_nonneg_int(config, key)
   if not isinstance(config.train.time_budget_s, (int, float)) or config.train.time_budget_s < 0:
     raise ConfigError("train.time_budget_s", config.train.time_budget_s,

@@ -13,6 +13,12 @@ titles are the paper's t (t = 0 is the data, t = T pure noise).
                                config's if stochastic, else ancestral) and DDIM eta = 0
                                (the config's number of steps)
               class_grid       conditional models: 10 samples of each class (config's sampler)
+              progressive      the paper's Fig. 6: x0_hat along 8 ancestral chains
+              shared_latent    Fig. 7: one test image noised to t = T, 3T/4, T/2, T/4,
+                               5 reverse chains from each x_t
+              interpolation    Fig. 8: 3 pairs of test images through x_t at t = T/2,
+                               lambda = 0, 0.1, ..., 1
+              rate_distortion  Fig. 5: bits/dim received vs RMSE of x0_hat on 16 test images
               training_curve   loss (and eval_loss if logged) from metrics.jsonl
   denoiser    ink_blots        the one-step denoiser fed pure noise, next to DDPM samples
                                from the same noise when config.eval.ddpm_workdir names a
@@ -28,6 +34,7 @@ titles are the paper's t (t = 0 is the data, t = T pure noise).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -169,10 +176,84 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
     title += f", guidance {options['guidance']:g})" if task.null_label else ")"
     yield "class_grid", figures.class_grid_figure(np.stack(rows), names, title=title)
 
+  yield from _paper_figures(config, task, params, key)
+
   curve = _training_curve(workdir, ("loss", "eval_loss"), log_scale=True,
                           title="DDPM training loss")
   if curve is not None:
     yield "training_curve", curve
+
+
+# The DDPM paper's Figs. 5-8 (ddpm.paper_figures), each one compiled program.
+PAPER_ROWS = 8             # progressive generation: chains
+SHARED_SAMPLES = 5         # samples per shared latent
+INTERP_PAIRS = 3           # interpolation: pairs of test images
+RD_IMAGES = 16             # rate-distortion: test images
+
+
+def _paper_figures(config, task, params, key) -> Iterator[tuple[str, object]]:
+  """Progressive generation, shared x_t, interpolation, rate-distortion (paper t in titles).
+
+  Chains use the config's ancestral variance and clip_x0. Conditional models
+  generate classes in turn (progressive), the source image's class (shared
+  x_t), the first image's class of each pair (interpolation) and each test
+  image's class (rate-distortion), with the config's guidance when the model
+  has a null label.
+  """
+  from ddpm import paper_figures   # pylint: disable=g-import-not-at-top
+  t_max = task.schedule.num_timesteps
+  chain = {"variance": config.sample.variance, "clip_x0": bool(config.sample.clip_x0)}
+  guidance = float(config.sample.guidance) if task.null_label else 1.0
+  k_prog, k_shared, k_interp, k_rd = jax.random.split(jax.random.fold_in(key, 5), 4)
+  n_test = max(RD_IMAGES, 2 * INTERP_PAIRS)
+  test = next(data_lib.eval_batches(config.data, config.data.eval_split, n_test))
+  x_test, y_test = jnp.asarray(test["image"]), jnp.asarray(test["label"], jnp.int32)
+
+  def run(fn, labels, *args, **kwargs):
+    """fn(eps_fn, schedule, *args, **kwargs) compiled, the parameters an argument."""
+    def program(params, labels, *args):
+      return fn(task.eps_fn(params, labels, guidance), task.schedule, *args, **kwargs)
+    return jax.tree.map(np.asarray, jax.device_get(jax.jit(program)(params, labels, *args)))
+
+  # Fig. 6: x0_hat every T/10 steps of PAPER_ROWS ancestral chains.
+  capture = np.unique(np.linspace(t_max - 1, 0, NUM_ROWS).round().astype(int))[::-1]
+  x_T = jax.random.normal(k_prog, (PAPER_ROWS,) + tuple(task.image_shape))
+  _, x0_hat = run(functools.partial(paper_figures.progressive_generation,
+                                    capture_t=tuple(capture.tolist()), **chain),
+                  _labels(task, PAPER_ROWS), x_T, k_prog)
+  yield "progressive", figures.progressive_figure(
+      x0_hat, (capture + 1).tolist(), title=f"Progressive generation: x0_hat along the "
+                                            f"ancestral chain (T = {t_max})")
+
+  # Fig. 7: one test image at the paper's t = T, 3T/4, T/2, T/4, SHARED_SAMPLES chains each.
+  paper_t = sorted({max(1, round(f * t_max)) for f in (1.0, 0.75, 0.5, 0.25)}, reverse=True)
+  lab = None if not task.num_classes else jnp.repeat(y_test[:1], len(paper_t) * SHARED_SAMPLES)
+  x_t, samples = run(functools.partial(paper_figures.shared_latent_samples,
+                                       latent_t=tuple(t - 1 for t in paper_t),
+                                       num_samples=SHARED_SAMPLES, **chain),
+                     lab, x_test[0], k_shared)
+  yield "shared_latent", figures.shared_latent_figure(
+      x_t, samples, paper_t, title="Samples x_0 ~ p(x_0 | x_t) sharing x_t (bottom: least noise)")
+
+  # Fig. 8: INTERP_PAIRS pairs of test images through x_t at the paper's t = T/2.
+  lambdas = tuple(np.linspace(0.0, 1.0, 11).round(2).tolist())
+  t_interp = max(1, t_max // 2)
+  a, b = x_test[0:2 * INTERP_PAIRS:2], x_test[1:2 * INTERP_PAIRS:2]
+  lab = (None if not task.num_classes else
+         jnp.repeat(y_test[0:2 * INTERP_PAIRS:2], len(lambdas)))
+  decoded, _ = run(functools.partial(paper_figures.interpolate, t=t_interp - 1, lambdas=lambdas,
+                                     **chain), lab, a, b, k_interp)
+  yield "interpolation", figures.interpolation_figure(a, b, decoded, lambdas, t_interp)
+
+  # Fig. 5: rate (the bound's terms, ddpm.likelihood) and distortion of x0_hat.
+  lab = y_test[:RD_IMAGES] if task.num_classes else None
+  rate, distortion, bound = run(functools.partial(paper_figures.rate_distortion_curve, **chain),
+                                lab, x_test[:RD_IMAGES], k_rd)
+  total = float(np.mean(bound.total_bpd))
+  yield "rate_distortion", figures.rate_distortion_figure(
+      rate, distortion, total,
+      title=f"Rate-distortion on {len(bound.total_bpd)} {config.data.eval_split} images "
+            f"(bound {total:.3f} bits/dim over {math.prod(task.image_shape)} dims)")
 
 
 # ----------------------------------------------------------------------------

@@ -479,3 +479,172 @@ def confusion_matrix_figure(matrix, class_names: Sequence[str],
   if title:
     ax.set_title(title)
   return fig
+
+
+# ----------------------------------------------------------------------------
+# The DDPM paper's figures (Ho et al. 2020), from `ddpm.paper_figures` and
+# `ddpm.likelihood` arrays. Timesteps in labels are the paper's 1-based t.
+
+
+def progressive_figure(x0_hat, timesteps: Sequence[int],
+                       title: str | None = "Progressive generation: x0_hat along the chain"
+                       ) -> Figure:
+  """The paper's Fig. 6: rows are chains, columns the x0_hat predicted at decreasing t.
+
+  Args:
+    x0_hat: [S, N, H, W, C] predictions, S in chain order.
+    timesteps: S paper timesteps t of the columns.
+    title: axes title.
+
+  Returns:
+    A figure with one axes.
+  """
+  return _snapshot_figure(x0_hat, timesteps, title, "t = ")
+
+
+def shared_latent_figure(x_t, samples, timesteps: Sequence[int],
+                         title: str | None = "Samples x_0 ~ p(x_0 | x_t) sharing x_t") -> Figure:
+  """The paper's Fig. 7: per row one latent x_t, then samples of p(x_0 | x_t).
+
+  Args:
+    x_t: [S, H, W, C] the shared latents.
+    samples: [S, K, H, W, C] K samples continuing each latent.
+    timesteps: S paper timesteps t of the latents.
+    title: axes title.
+
+  Returns:
+    A figure with one axes.
+  """
+  latents = _as_batch(x_t, "x_t")
+  s = latents.shape[0]
+  x = to_uint8(np.asarray(samples))
+  if x.ndim == 4:
+    x = x[..., None]
+  if x.ndim != 5 or x.shape[0] != s or x.shape[2:] != latents.shape[1:]:
+    raise ValueError(f"samples must be [{s}, K, {', '.join(map(str, latents.shape[1:]))}], "
+                     f"got {x.shape}")
+  if len(timesteps) != s:
+    raise ValueError(f"{len(timesteps)} timesteps for {s} latents")
+  k = x.shape[1]
+  grid = np.concatenate([latents[:, None], x], axis=1)
+  fig = _new_figure(_INCH_PER_TILE * (k + 1) + 1.2, _INCH_PER_TILE * s + 0.8)
+  ax = fig.add_subplot()
+  _labelled_grid(ax, grid, row_labels=[f"t = {t}" for t in timesteps],
+                 col_labels=["x_t"] + [f"sample {i + 1}" for i in range(k)])
+  if title:
+    ax.set_title(title)
+  return fig
+
+
+def interpolation_figure(x0_a, x0_b, decoded, lambdas: Sequence[float], t: int,
+                         title: str | None = None) -> Figure:
+  """The paper's Fig. 8: source images at both ends, decoded interpolations between.
+
+  Args:
+    x0_a, x0_b: [P, H, W, C] the pairs' images.
+    decoded: [P, L, H, W, C] the decoded x_bar_t for each lambda.
+    lambdas: L mixing weights (0 and 1 are the reconstructions).
+    t: the paper timestep of the latents.
+    title: axes title (default names t).
+
+  Returns:
+    A figure with one axes.
+  """
+  a, b = _as_batch(x0_a, "x0_a"), _as_batch(x0_b, "x0_b")
+  x = to_uint8(np.asarray(decoded))
+  if x.ndim == 4:
+    x = x[..., None]
+  if a.shape != b.shape or x.ndim != 5 or x.shape[0] != a.shape[0] or x.shape[2:] != a.shape[1:]:
+    raise ValueError(f"x0_a {a.shape}, x0_b {b.shape} and decoded {x.shape} must be [P, ...] "
+                     "and [P, L, ...] of the same images")
+  if len(lambdas) != x.shape[1]:
+    raise ValueError(f"{len(lambdas)} lambdas for {x.shape[1]} decoded columns")
+  grid = np.concatenate([a[:, None], x, b[:, None]], axis=1)
+  labels = ["x_0"] + [f"{lam:g}" + (" rec." if lam in (0, 1) else "") for lam in lambdas] + ["x'_0"]
+  fig = _new_figure(_INCH_PER_TILE * grid.shape[1] + 0.6, _INCH_PER_TILE * grid.shape[0] + 0.9)
+  ax = fig.add_subplot()
+  _labelled_grid(ax, grid, col_labels=labels)
+  ax.set_title(title or f"Interpolation through x_t, t = {t}: (1 - λ) x_t + λ x'_t, decoded")
+  return fig
+
+
+def rate_distortion_figure(rate, distortion, total_bpd: float,
+                           title: str | None = "Rate-distortion along the reverse process"
+                           ) -> Figure:
+  """The paper's Fig. 5: distortion and rate vs reverse steps, and distortion vs rate.
+
+  Args:
+    rate: [T] bits/dim received once x_t is (index t = 0-based code
+      timestep, T - 1 = x_T).
+    distortion: [T] RMSE of x0_hat(x_t) on the [0, 255] scale.
+    total_bpd: the whole bound (the rate after the last step, distortion 0).
+    title: figure title.
+
+  Returns:
+    A figure with three axes.
+  """
+  rate, distortion = np.asarray(rate, np.float64), np.asarray(distortion, np.float64)
+  if rate.shape != distortion.shape or rate.ndim != 1:
+    raise ValueError(f"rate {rate.shape} and distortion {distortion.shape} must be equal [T]")
+  num_t = len(rate)
+  # In the order received: x_T (code T - 1) after 0 reverse steps, ..., x_1
+  # (code 0) after T - 1, then x_0 itself (rate total_bpd, distortion 0) after T.
+  steps = np.arange(num_t + 1)
+  rate = np.append(rate[::-1], total_bpd)
+  distortion = np.append(distortion[::-1], 0.0)
+  fig = _new_figure(12.0, 3.6)
+  axes = fig.subplots(1, 3)
+  axes[0].plot(steps, distortion)
+  axes[0].set_xlabel("reverse process steps (T - t)")
+  axes[0].set_ylabel("distortion (RMSE [0, 255])")
+  axes[1].plot(steps, rate)
+  axes[1].set_xlabel("reverse process steps (T - t)")
+  axes[1].set_ylabel("rate (bits/dim)")
+  axes[2].plot(rate, distortion)
+  axes[2].set_xlabel("rate (bits/dim)")
+  axes[2].set_ylabel("distortion (RMSE [0, 255])")
+  for ax in axes:
+    ax.grid(True, alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def nll_terms_figure(terms_bpd, prior_bpd: float,
+                     title: str | None = "Variational bound per term") -> Figure:
+  """The bound's terms L_0 (decoder), L_1 .. L_{T-1} (KL) and L_T (prior) in bits/dim.
+
+  Args:
+    terms_bpd: [T] mean terms, index t = the paper's L_t (0 = decoder).
+    prior_bpd: the mean L_T.
+    title: axes title.
+
+  Returns:
+    A figure with one axes: the terms on a log scale against the paper's t,
+    and their running sum from t = T down (right axis).
+  """
+  terms = np.asarray(terms_bpd, np.float64)
+  if terms.ndim != 1:
+    raise ValueError(f"terms_bpd must be [T], got {terms.shape}")
+  num_t = len(terms)
+  fig = _new_figure(7.0, 4.0)
+  ax = fig.add_subplot()
+  t = np.arange(1, num_t + 1)                 # L_{t-1} is the KL of step t
+  ax.plot(t[1:], np.maximum(terms[1:], 1e-12), linewidth=1.0, label="L_{t-1} (KL)")
+  ax.plot([1], [terms[0]], "o", label=f"L_0 (decoder) = {terms[0]:.3f}")
+  ax.plot([num_t], [max(prior_bpd, 1e-12)], "s", label=f"L_T (prior) = {prior_bpd:.2e}")
+  ax.set_yscale("log")
+  ax.set_xlabel("t")
+  ax.set_ylabel("bits/dim")
+  ax.grid(True, alpha=0.3)
+  right = ax.twinx()
+  cumulative = prior_bpd + np.cumsum(terms[::-1])[::-1]
+  right.plot(t, cumulative, color="gray", linestyle="--", linewidth=1.0,
+             label=f"L_T + sum_(s>=t-1) L_s (total {cumulative[0]:.3f})")
+  right.set_ylabel("cumulative bits/dim")
+  lines = ax.get_legend_handles_labels()
+  more = right.get_legend_handles_labels()
+  ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper center")
+  if title:
+    ax.set_title(title)
+  return fig

@@ -102,12 +102,25 @@ def test_classifier_accuracy_and_real_data_floor(classifier):
 def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier):
   config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **{"data.name": "fashion_mnist", "eval.num_samples": NUM_SAMPLES,
-                                  "eval.classifier_workdir": str(classifier[1])})
+                                  "eval.classifier_workdir": str(classifier[1]),
+                                  "eval.nll_images": 6})
   records = evaluate.evaluate_workdir(config, str(workdir))
   by_key = _check_records(records, workdir)
   t = config.diffusion.num_timesteps
   assert set(by_key) == {(p, m) for p in ("pinned", "config")
-                         for m in ("fd_fmnist", "class_histogram", "class_accuracy")}
+                         for m in ("fd_fmnist", "class_histogram", "class_accuracy")
+                         } | {(None, "nll_bpd")}
+  # The variational bound of 6 test images (2 batches of sample.batch_size = 4),
+  # in bits per 28 x 28 dimension of the (32 x 32 padded) images.
+  nll = by_key[(None, "nll_bpd")]
+  assert nll["num_images"] == 6 and nll["dims"] == 784 and nll["model_dims"] == 1024
+  assert nll["value"] == pytest.approx(nll["bpd_model_dims"] * 1024 / 784, rel=1e-6)
+  assert nll["value"] > 0 and nll["weights"] == "ema" and nll["variance"] == "beta"
+  with np.load(workdir / nll["terms_file"]) as f:
+    assert f["terms_bpd"].shape == f["x0_mse"].shape == (6, t)
+    np.testing.assert_allclose(f["total_bpd"], f["prior_bpd"] + f["terms_bpd"].sum(1), rtol=1e-5)
+    assert f["total_bpd"].mean() == pytest.approx(nll["bpd_model_dims"], rel=1e-6)
+  assert (workdir / nll["figure"]).stat().st_size > 1000
   for protocol, sampler in (("pinned", "ddim"), ("config", "ancestral")):
     fd = by_key[(protocol, "fd_fmnist")]
     for field in PROTOCOL_FIELDS + ("clip_x0", "eta", "reference_split", "reference_size"):

@@ -78,7 +78,8 @@ def test_ddpm_figures(ddpm, capsys):
   config, workdir = ddpm
   written = figure_mode.figures_workdir(config, str(workdir))
   _check_pngs(written, workdir, ("forward_process", "noisy_batch", "trajectories", "fixed_init",
-                                 "class_grid", "training_curve"))
+                                 "class_grid", "progressive", "shared_latent", "interpolation",
+                                 "rate_distortion", "training_curve"))
   out = capsys.readouterr().out
   assert all(str(p) in out for p in written)
 

@@ -181,3 +181,34 @@ def test_figures_from_threads_without_pyplot():
           "f.figure_png(f.buffer_figure(np.zeros((2, 4, 4, 3), np.uint8))); "
           "assert 'matplotlib.pyplot' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the DDPM paper's figures -------------------------------------------------
+
+
+def test_paper_figures_render(tmp_path):
+  _render(figures.progressive_figure(_images(12).reshape(4, 3, H, W, 3), [4, 3, 2, 1]),
+          tmp_path, "progressive")
+  _render(figures.shared_latent_figure(_images(3), _images(12).reshape(3, 4, H, W, 3),
+                                       [1000, 500, 250]), tmp_path, "shared_latent")
+  lambdas = [0.0, 0.5, 1.0]
+  _render(figures.interpolation_figure(_images(2), _images(2, seed=1),
+                                       _images(6).reshape(2, 3, H, W, 3), lambdas, 500),
+          tmp_path, "interpolation")
+  t = np.arange(50)
+  _render(figures.rate_distortion_figure(5.0 / (1 + t), 30 * t / 49, 6.5), tmp_path, "rd")
+  _render(figures.nll_terms_figure(np.exp(-t / 5.0), 1e-5), tmp_path, "terms")
+
+
+def test_paper_figures_validate_shapes():
+  with pytest.raises(ValueError, match="timesteps"):
+    figures.shared_latent_figure(_images(3), _images(12).reshape(3, 4, H, W, 3), [1000, 500])
+  with pytest.raises(ValueError, match="samples"):
+    figures.shared_latent_figure(_images(3), _images(12).reshape(4, 3, H, W, 3), [1, 2, 3])
+  with pytest.raises(ValueError, match="lambdas"):
+    figures.interpolation_figure(_images(2), _images(2), _images(6).reshape(2, 3, H, W, 3),
+                                 [0.0, 1.0], 500)
+  with pytest.raises(ValueError, match="rate"):
+    figures.rate_distortion_figure(np.ones(5), np.ones(4), 1.0)
+  with pytest.raises(ValueError, match="terms_bpd"):
+    figures.nll_terms_figure(np.ones((2, 5)), 0.0)

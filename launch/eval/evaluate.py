@@ -14,7 +14,9 @@ Per task:
               0..9), round-tripped through uint8, scored twice: with the
               pinned comparison sampler `PINNED_SAMPLER` (DDIM, eta = 0, 100
               steps, x0 clipped, EMA weights) and with the config's `sample`
-              section (once when the two are the same).
+              section (once when the two are the same). Also `nll_bpd`, the
+              variational bound on `eval.nll_images` test images
+              (launch/eval/nll.py; per-term curve in nll_terms.npz/.png).
   denoiser    the same scores for its one-step "ink blots".
   ebm         the same scores for Langevin samples from noise (sample.steps,
               0 = ebm.sample_steps), and the OOD AUROC of the energy, test
@@ -61,6 +63,7 @@ from launch import config as config_lib
 from launch import data as data_lib
 from launch import figures
 from launch.eval import frechet
+from launch.eval import nll
 from launch import sample as sample_lib
 
 # The comparison sampler of every DDPM evaluation (steps capped at T).
@@ -536,6 +539,8 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
       records.append({"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r})
   if config.task == "ebm":
     records += _ood_records(config, task, state, step)
+  if config.task == "ddpm":
+    records += nll.nll_records(config, workdir, run, state)
   return records
 
 
