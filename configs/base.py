@@ -60,6 +60,10 @@ def get_base() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 1e-4
   c.diffusion.beta_end = 0.02
+  # linear: beta_start/beta_end are for T = this; another T scales both by
+  # this / T (Improved DDPM), so that x_T ends near N(0, I) for any T (betas
+  # clipped at 0.999). 0 = use beta_start/beta_end as given for every T.
+  c.diffusion.beta_reference_timesteps = 1000
   c.diffusion.cosine_s = 0.008         # cosine schedule offset s (Nichol & Dhariwal)
   c.diffusion.objective = "eps"        # eps | x0 | v
   c.diffusion.class_dropout = 0.0      # label dropout for classifier-free guidance
