@@ -167,9 +167,10 @@ def main(argv):
   except Exception as e:  # a clear one-line reason for the errors users cause
     from launch.checkpoint import CheckpointError
     from launch.data import DatasetNotFoundError
+    from launch.eval.feature_check import WeakFeatureNetworkError
     from launch.train import TrainingDiverged
     if isinstance(e, (CheckpointError, DatasetNotFoundError, TrainingDiverged, ConfigError,
-                      FileNotFoundError)):
+                      FileNotFoundError, WeakFeatureNetworkError)):
       logging.error("%s", e, extra=logging_setup.FILE_ONLY)  # the file's copy
       print(f"error: {one_line(e)}", file=sys.stderr)
       return 1
