@@ -2,6 +2,8 @@
 #   make demo   set up, train the small real default on Fashion-MNIST, write samples and plots
 #   make test   set up and run the tests
 # Everything is installed into ./.venv from PyPI (and Debian's dataset-fashion-mnist via apt).
+# The demo installs only the package itself (training and sampling never import
+# torch); the tests add PyTorch, diffusers and the test tools.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,15 +14,30 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: setup data browser demo train sample test test-slow clean
+# The PyTorch wheel the test setup installs first. setup.cfg gives torch a
+# range (>=2.4,<3); left to that range, pip picks the newest PyPI wheel, the
+# multi-GB CUDA build. 2.13.0 is the CPU wheel this machine keeps on disk
+# (pip's find-links); override with TORCH_SPEC="torch>=2.4,<3" elsewhere.
+TORCH_SPEC ?= torch==2.13.0
 
+.PHONY: setup setup-test data browser demo train sample test test-slow clean
+
+# What make demo needs: the package and its install_requires (no torch).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[serve,test,torch]"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# What make test adds: torch first (see TORCH_SPEC), then the extras.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[serve,test]"
 	touch $@
 
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
 
 # Debian's dataset-fashion-mnist puts the original IDX files in $(FMNIST_DIR).
 # Without apt, download them yourself and pass --config.data.manual_dir=DIR.
@@ -52,10 +69,10 @@ sample: setup
 # a grid + .npz of config.sample.num samples from the EMA weights.
 demo: train sample
 
-test: setup data browser
+test: setup-test data browser
 	$(PY) -m pytest -q
 
-test-slow: setup data browser
+test-slow: setup-test data browser
 	$(PY) -m pytest -q -m slow
 
 clean:

@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.sample.sampler = "ancestral"
   c.sample.variance = "beta"
   c.sample.clip_x0 = True
-  c.eval.num_samples = 50_000          # the FID protocol (README): 50k samples vs the train split
+  c.eval.num_samples = 50_000          # the FID protocol (docs/evaluation.md): 50k samples vs the train split
   if arg == "smoke":
     base.smoke_run(c)
     c.eval.num_samples = 16

@@ -10,11 +10,11 @@ EMA 0.995 with warm-up (so that it helps from the first hundreds of steps).
 The default sampler is the ancestral one (Algorithm 2, 1000 steps, x0
 clipped): after this short budget it gives black backgrounds, where DDIM
 (eta 0, 100 steps) leaves many samples on a grey one (measured: FD-fmnist
-8.36 on 200 ancestral samples, 9.61 on 1000 DDIM-100 samples; see README).
+8.36 on 200 ancestral samples, 9.61 on 1000 DDIM-100 samples; see docs/results.md).
 
 Budget: 1600 steps, measured 673 s (11.2 minutes) of training on 2 quiet
 CPU cores (2.4 steps/s), final training loss 0.041; `make demo` took 12 min
-after a 2-minute setup. The README's comparison table has its FD-fmnist
+after a 2-minute setup. docs/results.md's comparison table has its FD-fmnist
 against the course code trained for 15 minutes on the same machine.
 
 Train, then sample (what `make demo` runs):
@@ -73,7 +73,7 @@ def get_config(arg=None):
     c.model.conditional = True
     c.diffusion.class_dropout = 0.1
     c.sample.label = -1
-    c.sample.guidance = 3.0          # measured: class accuracy 0.908 (0.576 at 1.0), README
+    c.sample.guidance = 3.0          # measured: class accuracy 0.908 (0.576 at 1.0), docs/results.md
   elif arg == "smoke":
     base.smoke_run(c)
     c.model.ch = 8

@@ -57,6 +57,7 @@ def get_config(arg=None):
     c.sample.num = 4
     c.sample.batch_size = 4
     c.sample.guidance = 2.0
+    c.eval.num_samples = 16
   elif arg is not None:
     raise ValueError(f"unknown variant {arg!r} of ddpm_mnist_conditional "
                      "(allowed: course, smoke)")

@@ -24,8 +24,37 @@ import numpy as np
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4,
                  beta_end: float = 0.02) -> np.ndarray:
-  """Ho et al.'s linear schedule beta_1 .. beta_T, float64 [T]."""
+  """Ho et al.'s linear schedule beta_1 .. beta_T, float64 [T] (no rescaling)."""
   return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def scaled_linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                        reference_timesteps: int = 1000,
+                        max_beta: float = 0.999) -> np.ndarray:
+  """The linear schedule with its end points rescaled to T steps, float64 [T].
+
+  Ho et al.'s beta_1 = 1e-4 .. beta_T = 0.02 are tuned for T = 1000; with
+  them unchanged a shorter chain never reaches N(0, I) (alpha_bar_T ~ 0.81
+  at T = 20). As Improved DDPM does (Nichol & Dhariwal 2021,
+  `get_named_beta_schedule`), both end points are multiplied by
+  reference_timesteps / T, which keeps sum(beta) -- and so roughly
+  log alpha_bar_T -- the same for every T. Betas are clipped to max_beta, as
+  the cosine schedule is, because for T <= 20 the rescaled beta_end reaches 1
+  (alpha_bar_T = 0 would divide by zero in x0 = (x_t - sqrt(1 - ab) eps) /
+  sqrt(ab)). At T = reference_timesteps the result equals `linear_betas`.
+
+  Args:
+    num_timesteps: T.
+    beta_start: beta_1 at T = reference_timesteps.
+    beta_end: beta_T at T = reference_timesteps.
+    reference_timesteps: the T that beta_start and beta_end are given for.
+    max_beta: the largest beta after rescaling.
+
+  Returns:
+    float64 [T] betas.
+  """
+  scale = reference_timesteps / num_timesteps
+  return np.minimum(linear_betas(num_timesteps, scale * beta_start, scale * beta_end), max_beta)
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008,
@@ -122,10 +151,23 @@ def to_device(schedule: Schedule) -> Schedule:
 
 
 def make_schedule(name: str, num_timesteps: int, *, beta_start: float = 1e-4,
-                  beta_end: float = 0.02, cosine_s: float = 0.008) -> Schedule:
-  """Builds a schedule by name ("linear" or "cosine")."""
+                  beta_end: float = 0.02, cosine_s: float = 0.008,
+                  beta_reference_timesteps: int = 1000) -> Schedule:
+  """Builds a schedule by name ("linear" or "cosine").
+
+  Args:
+    name: "linear" or "cosine".
+    num_timesteps: T.
+    beta_start: linear: beta_1 for T = beta_reference_timesteps.
+    beta_end: linear: beta_T for T = beta_reference_timesteps.
+    cosine_s: cosine: the offset s.
+    beta_reference_timesteps: linear: the T that beta_start/beta_end are
+      given for; other T rescale them by this / T (`scaled_linear_betas`).
+      0 uses beta_start and beta_end as given for every T.
+  """
   if name == "linear":
-    betas = linear_betas(num_timesteps, beta_start, beta_end)
+    betas = (scaled_linear_betas(num_timesteps, beta_start, beta_end, beta_reference_timesteps)
+             if beta_reference_timesteps else linear_betas(num_timesteps, beta_start, beta_end))
   elif name == "cosine":
     betas = cosine_betas(num_timesteps, cosine_s)
   else:

@@ -149,7 +149,7 @@ def conv2d_matmul(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   0.4 ms in this form. With the two last layers (outputs 4×4 and 2×2) in
   this form the 60-step Langevin chain ran ~1.5× faster on 2 CPU cores, and
   the CD step lost its two weight-gradient convolutions on XLA's slow
-  generic path (`outer_dimension_partitions`); the README's bench section
+  generic path (`outer_dimension_partitions`); docs/benchmarks.md
   has the figures. The patches take kh·kw times the input's memory, so it
   is meant for small maps. Arguments and result as `conv2d`.
   """

@@ -4,6 +4,13 @@ Modes: train (default; resumes automatically), sample, evaluate, figures, bench,
 serve. Any config key can be overridden: `--config.train.steps=100`.
 Multi-host (TPU VM pods, GPU clusters): add `--multihost` on every host (or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
+
+The terminal shows the progress bar, one-line events, warnings and errors;
+every log line (Orbax's INFO included) goes to `WORKDIR/log.txt`.
+`--verbosity=0` prints them all on the terminal too (`1`: and DEBUG; `-1`:
+warnings and errors only). See `launch/logging_setup.py`.
+
+Installed, the same CLI is the `ddpm-ebm` command (`ddpm-ebm --config ...`).
 """
 from __future__ import annotations
 
@@ -70,8 +77,10 @@ def _explain_bad_override(argv: list[str]) -> str | None:
     return None
   try:
     config = config_lib.load(spec)
+  except FileNotFoundError as e:
+    return str(e)
   except Exception as e:  # the config file itself is broken
-    return f"cannot load config {spec}: {type(e).__name__}: {e}"
+    return one_line(f"cannot load config {spec}: {type(e).__name__}: {e}")
   for arg in argv:
     if arg.startswith("--config.") and "=" in arg:
       key = arg[len("--config."):].split("=", 1)[0]
@@ -82,29 +91,63 @@ def _explain_bad_override(argv: list[str]) -> str | None:
   return None
 
 
+_ARGV: list[str] = []  # the command line parse_flags saw (for error messages)
+
+
+def one_line(text: str) -> str:
+  """The text with its lines joined: an error is one line on the terminal."""
+  return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with a one-line error naming an unknown config key."""
+  _ARGV[:] = argv
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    reason = _explain_bad_override(argv) or str(e)
+    reason = _explain_bad_override(argv) or one_line(e)
     print(f"error: {reason}", file=sys.stderr)
     sys.exit(2)
+
+
+def _load_config():
+  """The parsed --config, or None after printing one line naming what is wrong.
+
+  config_flags defers a config file's load error (a missing file, an
+  exception inside it) to the first `.value`, where it would otherwise end the
+  run with a 40-line traceback.
+  """
+  import ml_collections
+  try:
+    config = _CONFIG.value
+    if isinstance(config, ml_collections.ConfigDict):
+      return config
+    error = "the config file did not load"  # config_flags' placeholder for a failed load
+  except Exception as e:  # any failure inside the user's config file
+    error = str(e)
+  reason = _explain_bad_override(_ARGV or sys.argv) or one_line(f"cannot load config: {error}")
+  print(f"error: {reason}", file=sys.stderr)
+  return None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from launch import config as config_lib
+  from launch import logging_setup
   from launch.config_errors import ConfigError
+  verbosity = flags.FLAGS["verbosity"]
+  logging_setup.configure_terminal(verbosity.value if verbosity.present else None)
   if _MODE.value not in MODES:
     print(f"error: --mode={_MODE.value!r} is unknown (allowed: {', '.join(MODES)})",
           file=sys.stderr)
     return 2
-  config = _CONFIG.value
-  if config is None:
+  if not _CONFIG.present:
     print("error: --config is required, e.g. --config configs/ddpm_fashion_mnist.py",
           file=sys.stderr)
+    return 2
+  config = _load_config()
+  if config is None:
     return 2
   if _WORKDIR.value is None and not (_MODE.value == "serve" and "models" in config):
     print("error: --workdir is required", file=sys.stderr)
@@ -116,6 +159,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   _setup_jax()
+  _log_to_workdir(_WORKDIR.value, create=_MODE.value == "train")
   module_name, fn_name = MODES[_MODE.value].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
   try:
@@ -123,16 +167,37 @@ def main(argv):
   except Exception as e:  # a clear one-line reason for the errors users cause
     from launch.checkpoint import CheckpointError
     from launch.data import DatasetNotFoundError
+    from launch.eval.feature_check import WeakFeatureNetworkError
     from launch.train import TrainingDiverged
     if isinstance(e, (CheckpointError, DatasetNotFoundError, TrainingDiverged, ConfigError,
-                      FileNotFoundError)):
-      logging.error("%s", e)
-      print(f"error: {e}", file=sys.stderr)
+                      FileNotFoundError, WeakFeatureNetworkError)):
+      logging.error("%s", e, extra=logging_setup.FILE_ONLY)  # the file's copy
+      print(f"error: {one_line(e)}", file=sys.stderr)
       return 1
     raise
   return 0
 
 
-if __name__ == "__main__":
+def _log_to_workdir(workdir: str | None, *, create: bool) -> None:
+  """The full log in WORKDIR/log.txt: training creates the workdir; other
+  modes write only into a workdir that a run has made (never a mistyped one)."""
+  import jax
+  from launch import logging_setup
+  if not workdir or "://" in workdir:
+    return
+  if create:
+    os.makedirs(workdir, exist_ok=True)
+  elif not (os.path.isfile(os.path.join(workdir, "config.json"))
+            or os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    return
+  logging_setup.log_to_file(workdir, process_index=jax.process_index())
+
+
+def run(argv: list[str] | None = None) -> None:
+  """The `ddpm-ebm` console script and `python -m launch`: parses flags, runs main, exits."""
   flags.mark_flag_as_required("config")
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), argv=argv, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

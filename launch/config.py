@@ -120,6 +120,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.train.steps_per_dispatch > 1 and config.train.log_every % config.train.steps_per_dispatch:
     raise ConfigError("train.log_every", config.train.log_every,
                       reason="must be a multiple of train.steps_per_dispatch")
+  min_acc = config.eval.min_classifier_accuracy
+  if not isinstance(min_acc, (int, float)) or not 0 <= min_acc <= 1:
+    raise ConfigError("eval.min_classifier_accuracy", min_acc,
+                      allowed="a fraction in [0, 1] (0 = score with any feature network)")
   if config.guard.enabled:
     if not 0 < config.guard.lr_factor < 1:
       raise ConfigError("guard.lr_factor", config.guard.lr_factor, allowed="a value in (0, 1)")

@@ -37,8 +37,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import contextlib
 import gzip
 import hashlib
+import logging as std_logging
 import operator
 import os
 import pathlib
@@ -313,8 +315,39 @@ def _read_tfds(source, spec: _Spec, indices: np.ndarray) -> tuple[np.ndarray, np
   return images, labels
 
 
+class _TfdsVariantProbeFilter(std_logging.Filter):
+  """Drops tfds's "Variant folder X has no dataset_info.json" warnings.
+
+  Probing for a prepared dataset that is not there (the usual case when the
+  IDX files are read) makes tfds warn about its own empty version folder two
+  times per probe, up to 8 times per run; `_open_tfds` reports the reason
+  itself, once, when it matters.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (str(record.msg).startswith("Variant folder ")
+                and "tensorflow_datasets" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_tfds_probe():
+  """Silences `_TfdsVariantProbeFilter`'s warnings while the block runs (only there)."""
+  logger = std_logging.getLogger("absl")  # tfds logs through absl.logging
+  quiet = _TfdsVariantProbeFilter()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
+
+
 def _open_tfds(spec: _Spec, split: str, data_dir: str):
   """Returns (data source or None, reason it was not usable)."""
+  with _quiet_tfds_probe():
+    return _probe_tfds(spec, split, data_dir)
+
+
+def _probe_tfds(spec: _Spec, split: str, data_dir: str):
   data_dir = os.path.expanduser(data_dir) or None
   try:
     source = tfds.data_source(spec.name, split=split, data_dir=data_dir, download=False)

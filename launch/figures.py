@@ -121,6 +121,39 @@ def save_png(image, path: str | os.PathLike) -> None:
   Image.fromarray(x).save(path, format="PNG")
 
 
+# Sample grids are saved at least this many pixels on their shorter side: a
+# 2x2 grid of 28x28 images is 62 px at native size, too small to look at.
+MIN_VIEW_SIDE = 256
+
+
+def upscale_nearest(image, min_side: int = MIN_VIEW_SIDE) -> np.ndarray:
+  """Repeats every pixel k x k so that the shorter side is >= min_side.
+
+  k = ceil(min_side / min(H, W)), at least 1: an integer factor and nearest
+  neighbour, so every pixel of the grid stays one sharp k x k block (no
+  interpolation invents values).
+
+  Args:
+    image: [H, W] or [H, W, C] float in [-1, 1] or uint8.
+    min_side: the smallest shorter side wanted, in pixels.
+
+  Returns:
+    uint8 [k H, k W] or [k H, k W, C].
+  """
+  x = to_uint8(image)
+  if x.ndim not in (2, 3):
+    raise ValueError(f"expected [H, W] or [H, W, C], got {x.shape}")
+  k = max(1, math.ceil(min_side / min(x.shape[0], x.shape[1])))
+  return np.repeat(np.repeat(x, k, axis=0), k, axis=1)
+
+
+def save_grid(grid, path: str | os.PathLike, min_side: int = MIN_VIEW_SIDE) -> np.ndarray:
+  """Saves an `image_grid` as PNG upscaled by `upscale_nearest`; returns what it saved."""
+  big = upscale_nearest(grid, min_side)
+  save_png(big, path)
+  return big
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
   """Saves a figure (format from the extension, e.g. .png or .pdf); makes parent dirs."""
   path = os.fspath(path)

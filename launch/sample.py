@@ -13,6 +13,7 @@ from etils import epath
 
 from launch import checkpoint as checkpoint_lib
 from launch import train as train_lib
+from launch import writers
 
 
 def load_trained(config, workdir: str):
@@ -49,10 +50,12 @@ def sample_to_workdir(config, workdir: str) -> epath.Path:
   out.mkdir(parents=True, exist_ok=True)
   stem = out / f"sample_{step}_{tag}" if tag else out / f"sample_{step}"
   if jax.process_index() == 0:
-    figures.save_png(figures.image_grid(uint8, nrow=int(np.ceil(np.sqrt(len(uint8))))),
-                     epath.Path(f"{stem}.png"))
+    grid = figures.save_grid(figures.image_grid(uint8, nrow=int(np.ceil(np.sqrt(len(uint8))))),
+                             epath.Path(f"{stem}.png"))
+    writers.log_image(workdir, step, f"sample/{stem.name}", grid)
     with epath.Path(f"{stem}.npz").open("wb") as f:
       np.savez_compressed(f, images=uint8)
-    logging.info("Wrote %d samples to %s.{png,npz}", len(uint8), stem)
+    # The file's copy: the terminal gets the print below (logging_setup.FILE_ONLY).
+    logging.info("Wrote %d samples to %s.{png,npz}", len(uint8), stem, extra={"file_only": True})
     print(f"wrote {len(uint8)} samples: {stem}.png, {stem}.npz")
   return stem

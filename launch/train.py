@@ -164,7 +164,8 @@ def _sample_grid(run: _Run, config, state, workdir: epath.Path, step: int) -> No
     grid = figures.image_grid(figures.to_uint8(images), nrow=int(np.ceil(np.sqrt(len(images)))))
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    figures.save_png(grid, out / f"step_{step}.png")
+    grid = figures.save_grid(grid, out / f"step_{step}.png")
+    writers.log_image(workdir, step, "samples", grid)
 
 
 @functools.lru_cache(maxsize=8)

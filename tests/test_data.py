@@ -368,3 +368,24 @@ def test_cli_info(tmp_path, capsys):
   out = capsys.readouterr().out
   for name in data.NAMES:
     assert f"{name}: NOT AVAILABLE" in out
+
+
+# ------------------------------------------------------------ quiet probe --
+
+
+def test_tfds_probe_does_not_warn_about_its_empty_variant_folder(tmp_path, caplog):
+  """Reading the IDX files probes tfds first; its 'has no dataset_info.json' stays silent."""
+  import logging
+  caplog.set_level(logging.INFO)
+  source, reason = data._open_tfds(data._SPECS["fashion_mnist"], "test", str(tmp_path / "tfds"))
+  assert source is None and reason.startswith("tfds: no prepared dataset at")
+  assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()]
+  # The silencing is scoped to the probe: nothing stays installed on absl's logger ...
+  assert logging.getLogger("absl").filters == []
+  # ... and the same tfds check outside the probe still warns (the test sees the bug).
+  from tensorflow_datasets.core.utils import file_utils
+  from etils import epath
+  folder = epath.Path(tmp_path / "tfds" / "fashion_mnist" / "3.0.1")
+  folder.mkdir(parents=True)
+  assert not file_utils.is_valid_variant_dir(folder)
+  assert [r for r in caplog.records if "dataset_info.json" in r.getMessage()]

@@ -163,3 +163,41 @@ def test_diffusion_loss_of_the_zero_predictor(objective, want):
   loss = objectives.diffusion_loss(lambda x_t, t: jnp.zeros_like(x_t), sched, x0,
                                    jax.random.key(2), objective=objective)
   np.testing.assert_allclose(loss, want, rtol=0.05)
+
+
+@pytest.mark.parametrize("num_timesteps", [20, 100, 1000])
+def test_linear_schedule_ends_near_standard_normal_for_any_T(num_timesteps):
+  """beta_start/beta_end scale by 1000/T (Improved DDPM): alpha_bar_T ~ 0 for every T."""
+  sched = schedules.make_schedule("linear", num_timesteps)
+  # Independent float64 reference: Improved DDPM's get_named_beta_schedule("linear").
+  scale = 1000 / num_timesteps
+  betas = np.minimum(np.linspace(scale * 1e-4, scale * 0.02, num_timesteps), 0.999)
+  alpha_bar_T = np.prod(1.0 - betas)
+  assert alpha_bar_T < 1e-4
+  # x_T's signal coefficient sqrt(alpha_bar_T) is under 1% of its noise.
+  assert float(sched.sqrt_alpha_bars[-1]) < 1e-2
+  np.testing.assert_allclose(sched.alpha_bars[-1], alpha_bar_T, rtol=1e-4)
+  np.testing.assert_allclose(sched.betas, betas.astype(np.float32), rtol=1e-6)
+
+
+def test_linear_schedule_at_T_1000_is_unchanged_by_rescaling():
+  want = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+  np.testing.assert_array_equal(schedules.scaled_linear_betas(1000), want)
+  np.testing.assert_array_equal(schedules.make_schedule("linear", 1000).betas,
+                                want.astype(np.float32))
+
+
+def test_linear_schedule_rescaling_can_be_turned_off():
+  sched = schedules.make_schedule("linear", 20, beta_reference_timesteps=0)
+  np.testing.assert_allclose(sched.betas[[0, -1]], [1e-4, 0.02], rtol=1e-6)
+  assert float(sched.alpha_bars[-1]) > 0.8   # Ho et al.'s end points unscaled: far from N(0, I)
+
+
+def test_smoke_config_schedule_reaches_noise():
+  """The smoke variant's T = 20 forward process ends at noise (it stopped at alpha_bar 0.82)."""
+  from configs import ddpm_fashion_mnist
+  from launch import tasks
+  config = ddpm_fashion_mnist.get_config("smoke")
+  assert config.diffusion.num_timesteps == 20
+  task = tasks.build(config)
+  assert float(task.schedule.alpha_bars[-1]) < 1e-4

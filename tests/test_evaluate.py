@@ -19,6 +19,8 @@ from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch.eval import evaluate
+from launch.eval import feature_check
+from launch.config_errors import ConfigError
 from launch.eval import inception
 from launch import train as train_lib
 from launch import writers
@@ -103,7 +105,7 @@ def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier
   config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **{"data.name": "fashion_mnist", "eval.num_samples": NUM_SAMPLES,
                                   "eval.classifier_workdir": str(classifier[1]),
-                                  "eval.nll_images": 6})
+                                  "eval.nll_images": 6, "eval.min_classifier_accuracy": 0.0})
   records = evaluate.evaluate_workdir(config, str(workdir))
   by_key = _check_records(records, workdir)
   t = config.diffusion.num_timesteps
@@ -138,7 +140,8 @@ def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier
 
 def test_ebm_samples_and_ood(tmp_path_factory, classifier):
   config, workdir = _untrained(tmp_path_factory, "ebm_fashion_mnist.py:smoke", {"loss": 0.1},
-                               **{"eval.classifier_workdir": str(classifier[1])})
+                               **{"eval.classifier_workdir": str(classifier[1]),
+                                  "eval.min_classifier_accuracy": 0.0})
   records = evaluate.evaluate_workdir(config, str(workdir))
   by_key = _check_records(records, workdir)
   fd = by_key[("config", "fd_fmnist")]
@@ -157,7 +160,8 @@ def test_npz_of_the_test_split_scores_zero(tmp_path, classifier):
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))).transpose(0, 3, 1, 2)
   path = tmp_path / "samples.npz"
   np.savez(path, images=padded, labels=labels)
-  records = {r["metric"]: r for r in evaluate.evaluate_npz(path, str(workdir))}
+  records = {r["metric"]: r for r in evaluate.evaluate_npz(path, str(workdir),
+                                                           min_classifier_accuracy=0.0)}
   assert records["fd_fmnist"]["value"] < 1e-6
   assert records["fd_fmnist"]["num_samples"] == MOCK_EXAMPLES
   assert sum(records["class_histogram"]["counts"]) == MOCK_EXAMPLES
@@ -170,9 +174,62 @@ def test_npz_of_the_test_split_scores_zero(tmp_path, classifier):
   np.savez(half, images[:MOCK_EXAMPLES // 2, ..., 0])
   out = tmp_path / "half.json"
   assert evaluate.main(["--npz", str(half), "--classifier_workdir", str(workdir),
-                        "--out", str(out)]) == 0
+                        "--out", str(out), "--min_classifier_accuracy=0"]) == 0
   saved = {r["metric"]: r for r in json.loads(out.read_text())}
   assert set(saved) == {"fd_fmnist", "class_histogram"} and saved["fd_fmnist"]["value"] > 0
+
+
+def _smoke_accuracy(classifier) -> float:
+  """The smoke classifier's accuracy on the mock test split, computed here from its logits."""
+  config, workdir, state = classifier
+  images, labels = data_lib.load_arrays(config.data, "test")
+  _, logits = train_lib.prepare(config).task.apply(jax.device_get(state.ema_params),
+                                                   data_lib.preprocess(images, config.data))
+  return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+def test_weak_feature_network_is_refused_before_sampling(tmp_path_factory, classifier,
+                                                         monkeypatch):
+  """A smoke classifier's FD means nothing: evaluate says so instead of reporting it."""
+  accuracy = _smoke_accuracy(classifier)
+  assert accuracy < feature_check.DEFAULT_MIN_ACCURACY   # random mock labels: ~10%
+  config, workdir = _untrained(tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},
+                               **{"eval.classifier_workdir": str(classifier[1])})
+  assert config.eval.min_classifier_accuracy == feature_check.DEFAULT_MIN_ACCURACY
+  monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampled first"))
+  with pytest.raises(feature_check.WeakFeatureNetworkError) as e:
+    evaluate.evaluate_workdir(config, str(workdir))
+  message = str(e.value)
+  assert "\n" not in message and f"{accuracy:.1%}" in message
+  assert "config.eval.min_classifier_accuracy=0.85" in message
+  assert not (workdir / "eval.json").exists()
+  # Cached next to the reference statistics, and the same number as computed here.
+  assert feature_check.measure_accuracy(evaluate.load_classifier(str(classifier[1])),
+                                        config.data) == pytest.approx(accuracy)
+  # Samples from elsewhere: the same bar.
+  path = tmp_path_factory.mktemp("npz") / "s.npz"
+  np.savez(path, images=np.zeros((4, 28, 28), np.uint8))
+  with pytest.raises(feature_check.WeakFeatureNetworkError):
+    evaluate.evaluate_npz(path, str(classifier[1]))
+  assert evaluate.main(["--npz", str(path), "--classifier_workdir", str(classifier[1])]) == 1
+
+
+def test_lowered_bar_scores_with_the_accuracy_in_every_record(tmp_path_factory, classifier,
+                                                              caplog):
+  config, workdir = _untrained(tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},
+                               **{"eval.classifier_workdir": str(classifier[1]),
+                                  "eval.min_classifier_accuracy": 0.0})
+  assert config.eval.num_samples <= 16   # the smoke variant draws few samples
+  records = evaluate.evaluate_workdir(config, str(workdir))
+  accuracy = _smoke_accuracy(classifier)
+  for r in records:
+    assert r["feature_network_accuracy"] == pytest.approx(accuracy)
+  assert any("not comparable" in r.getMessage() for r in caplog.records)
+
+
+def test_min_classifier_accuracy_is_validated():
+  with pytest.raises(ConfigError, match="eval.min_classifier_accuracy"):
+    _config("ddpm_fashion_mnist", **{"eval.min_classifier_accuracy": 1.5})
 
 
 def test_missing_classifier_says_how_to_train_it(tmp_path):

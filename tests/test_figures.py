@@ -75,6 +75,33 @@ def test_save_png_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(im), gray[..., 0])
 
 
+@pytest.mark.parametrize("shape, factor", [((62, 62, 1), 5), ((242, 242, 1), 2),
+                                           ((274, 274, 3), 1), ((30, 62), 9)])
+def test_upscale_nearest_integer_factor_to_viewing_size(shape, factor):
+  x = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+  big = figures.upscale_nearest(x)
+  assert big.shape == (shape[0] * factor, shape[1] * factor) + shape[2:]
+  assert min(big.shape[:2]) >= figures.MIN_VIEW_SIDE
+  # Every source pixel is a factor x factor block of itself (nearest neighbour).
+  blocks = big.reshape(shape[0], factor, shape[1], factor, *shape[2:])
+  for i in range(factor):
+    for j in range(factor):
+      np.testing.assert_array_equal(blocks[:, i, :, j], x)
+
+
+def test_save_grid_writes_a_viewable_png_of_a_2x2_grid(tmp_path):
+  """The smoke run's 2x2 grid of 28x28 images was saved at 62x62 px."""
+  images = np.random.default_rng(2).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+  grid = figures.image_grid(images, nrow=2)
+  assert grid.shape == (62, 62, 1)
+  saved = figures.save_grid(grid, tmp_path / "samples" / "step_2.png")
+  with Image.open(tmp_path / "samples" / "step_2.png") as im:
+    png = np.asarray(im)
+  assert png.shape == (310, 310) and min(png.shape) >= 256
+  np.testing.assert_array_equal(png, saved[..., 0])
+  np.testing.assert_array_equal(png[::5, ::5], grid[..., 0])
+
+
 # --- figures ----------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import figures
+from launch.eval import feature_check
 from launch.eval import frechet
 from launch.eval import nll
 from launch import sample as sample_lib
@@ -519,6 +520,10 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
     raise ValueError(f"config.eval.num_samples={n}: need at least 2 samples for a covariance")
   scorer = functools.lru_cache(maxsize=1)(
       lambda: load_classifier(config.eval.classifier_workdir))
+  checked = {}
+  if config.data.name in data_lib.MNIST_FAMILY:  # before sampling: refuse a weak feature network
+    checked["feature_network_accuracy"] = feature_check.check(
+        scorer(), config.data, float(config.eval.min_classifier_accuracy))
   labels = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
   key = jax.random.fold_in(run.keys["sample"], _EVAL_STREAM)
   if config.task == "ebm":
@@ -532,7 +537,7 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
     uint8 = figures.to_uint8(images)
     fields = {"protocol": protocol, "num_samples": n, **_sampler_fields(config, task, options),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
-              "uint8_roundtrip": True}
+              "uint8_roundtrip": True, **checked}
     if labels is not None:
       fields["labels"] = "cycling 0..9"
     for r in _score(config, uint8, labels, scorer):
@@ -682,7 +687,9 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
 
 def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str = "test",
                  dataset: str | None = None, key: str | None = None, data_dir: str = "",
-                 manual_dir: str = "") -> list[dict]:
+                 manual_dir: str = "",
+                 min_classifier_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY
+                 ) -> list[dict]:
   """FD-fmnist and class histogram (and class accuracy with labels) of uint8 samples.
 
   Args:
@@ -693,6 +700,9 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
     dataset: the reference dataset; default the classifier's.
     key: the images' array name in the .npz.
     data_dir, manual_dir: where the dataset is (as config.data.*).
+    min_classifier_accuracy: refuse (`feature_check.WeakFeatureNetworkError`)
+      a classifier whose test accuracy is lower (as
+      config.eval.min_classifier_accuracy).
 
   Returns:
     The records, as in eval.json.
@@ -705,8 +715,10 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
   if manual_dir:
     changes["manual_dir"] = manual_dir
   data = _data(classifier.config.data, **changes)
+  accuracy = feature_check.check(classifier, data, min_classifier_accuracy)
   records = classifier_scores(classifier, images, data, labels=labels, split=split)
-  fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True}
+  fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True,
+            "feature_network_accuracy": accuracy}
   return _jsonable([{"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r}
                     for r in records])
 
@@ -725,11 +737,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--data_dir", default="", help="tfds data_dir (config.data.data_dir)")
   parser.add_argument("--manual_dir", default="", help="IDX files (config.data.manual_dir)")
   parser.add_argument("--out", default=None, help="also write the records to this JSON file")
+  parser.add_argument("--min_classifier_accuracy", type=float,
+                      default=feature_check.DEFAULT_MIN_ACCURACY,
+                      help="refuse a feature network with a lower test accuracy "
+                      "(as config.eval.min_classifier_accuracy; 0 = score anyway)")
   args = parser.parse_args(argv)
   try:
     records = evaluate_npz(args.npz, args.classifier_workdir, split=args.split,
                            dataset=args.dataset, key=args.key, data_dir=args.data_dir,
-                           manual_dir=args.manual_dir)
+                           manual_dir=args.manual_dir,
+                           min_classifier_accuracy=args.min_classifier_accuracy)
   except (FileNotFoundError, ValueError, TypeError, checkpoint_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

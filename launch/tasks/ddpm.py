@@ -207,6 +207,7 @@ def validate(config) -> None:
   if config.task == "ddpm":
     check_choice("diffusion.schedule", d.schedule, schedules.names())
     _check_int("diffusion.num_timesteps", d.num_timesteps, 1, 100_000)
+    _check_int("diffusion.beta_reference_timesteps", d.beta_reference_timesteps, 0, 100_000)
     check_range("diffusion.beta_start", d.beta_start, 0.0, 1.0, lo_open=True, hi_open=True)
     check_range("diffusion.beta_end", d.beta_end, d.beta_start, 1.0, hi_open=True)
     check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
@@ -477,5 +478,6 @@ def build(config) -> _Task:
     return DenoiserTask(denoise_mix=float(config.diffusion.denoise_mix), **common)
   d = config.diffusion
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
-                                     beta_end=d.beta_end, cosine_s=d.cosine_s)
+                                     beta_end=d.beta_end, cosine_s=d.cosine_s,
+                                     beta_reference_timesteps=d.beta_reference_timesteps)
   return DDPMTask(schedule=schedule, objective=d.objective, **common)
