@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
+from launch import data as data_lib
 from launch import sharding
 from launch import train as train_lib
 
@@ -218,11 +219,11 @@ class _Proc(subprocess.Popen):
     return pathlib.Path(self.log_path).read_text()
 
 
-def _launch(workdir, *flags, devices=2):
+def _launch(workdir, *flags, devices=2, env=None):
   workdir = pathlib.Path(workdir)
   workdir.parent.mkdir(parents=True, exist_ok=True)
   log = workdir.parent / f"{workdir.name}.{len(list(workdir.parent.glob(workdir.name + '.*')))}.log"
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
   return _Proc(
       [sys.executable, str(ROOT / "tests" / "launch_with_mock_data.py"), str(MOCK_EXAMPLES),
        "--config", CLASSIFIER, "--workdir", str(workdir), f"--cpu_devices={devices}", *flags],
@@ -310,9 +311,27 @@ def test_two_process_multihost_equals_single_process(tmp_path):
   out = single.output()
   assert single.returncode == 0, out
   port = _free_port()
+  records = [tmp_path / f"batches_{i}.npz" for i in range(2)]
   procs = [_launch(tmp_path / "multi", *flags, f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}", devices=1) for i in range(2)]
+                   "--num_processes=2", f"--process_id={i}", devices=1,
+                   env={"RECORD_BATCHES": str(records[i])}) for i in range(2)]
   outs = [p.output() for p in procs]
   assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
   _assert_trees_equal(_params_from_workdir(tmp_path / "single", steps),
                       _params_from_workdir(tmp_path / "multi", steps), rtol=1e-5, atol=1e-6)
+  # Equal parameters would also come from two independent single-process runs:
+  # check that the two processes formed one job and that each read its half
+  # (rows [i*B/2, (i+1)*B/2)) of every global batch, which together are the
+  # single-process batch.
+  config = _config(train__steps=steps)
+  whole = data_lib.make_train_batches(config.data, global_batch_size=config.train.batch_size,
+                                      seed=config.seed)
+  half = config.train.batch_size // 2
+  for i, path in enumerate(records):
+    got = np.load(path)
+    assert int(got["jax_process_count"]) == 2 and int(got["process_count"]) == 2
+    assert int(got["process_index"]) == i
+    assert list(got["steps"]) == list(range(steps))
+    for s in range(steps):
+      np.testing.assert_array_equal(got["images"][s], whole[s]["image"][i * half:(i + 1) * half])
+      np.testing.assert_array_equal(got["labels"][s], whole[s]["label"][i * half:(i + 1) * half])
