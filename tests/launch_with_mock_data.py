@@ -7,6 +7,12 @@ process's training loop read: the host index and count it passed to the data
 pipeline, `jax.process_count()` at that moment, and each consumed (step,
 local batch), written to PATH when the run ends (the multi-host test checks
 that the processes really ran as one job, each reading its half of every batch).
+
+With BLOCK_SAVE_AT_STEP=N and BLOCK_SAVE_MARKER=PATH, the checkpoint of step N
+blocks in the middle of its save: its arrays are written into Orbax's
+temporary directory, but it is neither marked complete nor renamed to its
+final name. PATH is created when the save reaches that point, so a test can
+kill -9 the process there, deterministically.
 """
 import os
 import sys
@@ -51,7 +57,27 @@ def _record_batches(path: str):
   return write
 
 
+def _block_save(step: int, marker: str):
+  """Makes the save of checkpoint `step` block just before Orbax commits it."""
+  import time
+
+  from orbax.checkpoint._src.path import atomicity
+
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def blocking_finalize(self, *args, **kwargs):
+    if self.get_final().name == str(step):
+      open(marker, "w").close()
+      while True:  # until killed; also blocks the next save, so the run never ends
+        time.sleep(1.0)
+    return await finalize(self, *args, **kwargs)
+
+  atomicity.AtomicRenameTemporaryPath.finalize = blocking_finalize
+
+
 def _main(argv):
+  if os.environ.get("BLOCK_SAVE_AT_STEP"):
+    _block_save(int(os.environ["BLOCK_SAVE_AT_STEP"]), os.environ["BLOCK_SAVE_MARKER"])
   path = os.environ.get("RECORD_BATCHES")
   write = _record_batches(path) if path else None
   rc = cli.main(argv)

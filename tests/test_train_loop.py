@@ -2,7 +2,7 @@
 import json
 import os
 import pathlib
-import random
+import re
 import signal
 import socket
 import subprocess
@@ -230,47 +230,48 @@ def _launch(workdir, *flags, devices=2, env=None):
       log, cwd=ROOT, env=env)
 
 
-def _params_from_workdir(workdir, steps):
+def _state_from_workdir(workdir, steps):
   config = _config(train__steps=steps)
   run = train_lib.prepare(config)
   ckpt = checkpoint_lib.Checkpointer(workdir)
   assert ckpt.latest_step() == steps
   state, _ = train_lib.restore_or_init(run, ckpt)
   ckpt.close()
-  return _params(state)
+  return jax.device_get(state)
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    steps = [p for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()] \
-        if (workdir / "checkpoints").exists() else []
-    if steps:
-      return
-    if proc.poll() is not None:
-      raise AssertionError(f"process ended early:\n{proc.output()}")
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
+def _params_from_workdir(workdir, steps):
+  return _params(_state_from_workdir(workdir, steps))
 
 
-def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
-  steps = 24
-  flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=1",
+def test_kill_minus_9_in_the_middle_of_a_save_then_resume_equals_uninterrupted(tmp_path):
+  steps = 6
+  flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=2",
            "--config.train.log_every=1", "--config.train.num_samples=0"]
   ref = _launch(tmp_path / "ref", *flags)
   out = ref.output()
   assert ref.returncode == 0, out
-  work = tmp_path / "killed"
-  proc = _launch(work, *flags)
-  _wait_for_checkpoint(work, proc)
-  time.sleep(random.uniform(0.0, 1.5))  # a random moment, often mid-save
+  # The save of step 4 blocks with its arrays written to Orbax's temporary
+  # directory but not committed; the process is killed right there.
+  work, marker = tmp_path / "killed", tmp_path / "blocked_in_save"
+  proc = _launch(work, *flags, env={"BLOCK_SAVE_AT_STEP": "4", "BLOCK_SAVE_MARKER": str(marker)})
+  deadline = time.time() + 300
+  while not marker.exists():
+    assert proc.poll() is None, f"process ended before the save of step 4:\n{proc.output()}"
+    assert time.time() < deadline, "the save of step 4 never reached the hook"
+    time.sleep(0.1)
   proc.kill()
   proc.wait()
+  checkpoints = work / "checkpoints"
+  # Only step 2 is complete; step 4 is left half-written for the resume to meet.
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2"]
+  assert any(p.name.startswith("4.") for p in checkpoints.iterdir()), "no partial save left"
   resumed = _launch(work, *flags)
   out = resumed.output()
   assert resumed.returncode == 0, out
-  _assert_trees_equal(_params_from_workdir(tmp_path / "ref", steps),
-                      _params_from_workdir(work, steps))
+  assert re.search(r"Resumed from .* at step 2\.", out), out  # not from scratch
+  _assert_trees_equal(_state_from_workdir(tmp_path / "ref", steps),
+                      _state_from_workdir(work, steps))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
