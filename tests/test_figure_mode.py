@@ -121,5 +121,5 @@ def test_readme_names_the_fixed_init_samplers_the_code_uses():
   # against DDIM eta = 0, not the ancestral chain with z = 0.
   assert "DDIM eta = 0" in " ".join(figure_mode.__doc__.split())
   text = " ".join((ROOT / "README.md").read_text().split())
-  sentence = text[text.index("fixed x_T with the"):][:250]
+  sentence = text[text.index("fixed x_T with"):][:250]
   assert "DDIM η = 0" in sentence and "z = 0" not in sentence, sentence
