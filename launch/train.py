@@ -94,12 +94,15 @@ def make_train_fn(task, state_shardings, batch_sharding, steps_per_dispatch: int
   """jit(train_step), or a `lax.scan` over `steps_per_dispatch` steps; state donated.
 
   Returns a function (state, batches, key) -> (state, metrics [k]) where
-  batches have a leading axis of size k = steps_per_dispatch.
+  batches have a leading axis of size k <= steps_per_dispatch. The loop passes
+  k = steps_per_dispatch except for a shorter dispatch at the end of a run (or
+  after resuming at a step that is not a multiple of it); each k compiles once.
   """
+  del steps_per_dispatch  # the batches' leading axis says how many steps to run
   repl = sharding.replicated(batch_sharding.mesh)
 
   def multi_step(state, batches, key):
-    if steps_per_dispatch == 1:
+    if jax.tree.leaves(batches)[0].shape[0] == 1:
       state, metrics = task.train_step(state, jax.tree.map(lambda b: b[0], batches), key)
       return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(lambda s, b: task.train_step(s, b, key), state, batches)
@@ -257,12 +260,14 @@ def train_and_evaluate(config, workdir: str) -> Any:
       if budget_s and step > first_step and time.perf_counter() - loop_start >= budget_s:
         out_of_time = True
         break
-      local = [next(batches)[1] for _ in range(min(k, total - step))]
-      if len(local) < k:  # the last dispatch of a run whose length is not a multiple of k
-        break
+      # A shorter dispatch ends a run whose length is not a multiple of k, and
+      # realigns a run resumed at such a step, so that log and checkpoint steps
+      # (multiples of k) are still reached.
+      n = min(k - step % k, total - step)
+      local = [next(batches)[1] for _ in range(n)]
       stacked = {name: np.stack([b[name] for b in local]) for name in local[0]}
       state, metrics = train_fn(state, sharding.global_batch(stacked, stacked_sharding), key)
-      step += k
+      step += n
       pending.append((step, metrics))
 
       log_now = step % config.train.log_every == 0 if config.train.log_every else False

@@ -1,8 +1,6 @@
 """Networks: parameter counts, the shared blocks, and PyTorch cross-checks."""
 import functools
-import pathlib
 import re
-import sys
 
 import flax.linen as nn
 import jax
@@ -13,11 +11,7 @@ import pytest
 from ddpm import blocks
 from ddpm import networks
 
-PEER = pathlib.Path(__file__).resolve().parents[2] / "shared" / "peer"
-if not PEER.exists():
-  PEER = pathlib.Path("/work/shared/peer")
-
-# Parameter counts of torch_peer's models (also computed with torch below).
+# Parameter counts of the course networks (also computed with torch below).
 SIMPLE_UNET_PARAMS = 7_719_747
 UNET_SMALL_PARAMS = 810_561              # UNet(c_in=1, c_out=1, width=16)
 UNET_SMALL_CONDITIONAL_PARAMS = 811_201  # UNetConditional(1, 1, 16, n_classes=10)
@@ -161,20 +155,14 @@ def test_pad_or_crop_to():
 
 
 # ---------------------------------------------------------------------------
-# PyTorch cross-checks (the peer file is the reference transcription).
+# PyTorch cross-checks against tests/torch_reference.py (the course networks).
 
 @pytest.fixture(scope="module")
-def peer():
+def reference():
   torch = pytest.importorskip("torch")
-  if not (PEER / "torch_peer.py").exists():
-    pytest.skip(f"torch_peer.py not found under {PEER}")
-  sys.path.insert(0, str(PEER))
-  try:
-    import torch_peer  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.remove(str(PEER))
+  import torch_reference  # pylint: disable=import-outside-toplevel  (needs torch)
   torch.manual_seed(0)
-  return torch, torch_peer
+  return torch, torch_reference
 
 
 def _n_torch(m):
@@ -182,8 +170,8 @@ def _n_torch(m):
 
 
 @pytest.mark.torch
-def test_parameter_counts_equal_torch_peer(peer):
-  _, tp = peer
+def test_parameter_counts_equal_torch_reference(reference):
+  _, tp = reference
   assert _n_torch(tp.SimpleUNet()) == SIMPLE_UNET_PARAMS
   assert _n_torch(tp.UNet(1, 1, 16)) == UNET_SMALL_PARAMS
   assert _n_torch(tp.UNetConditional(1, 1, 16, 10)) == UNET_SMALL_CONDITIONAL_PARAMS
@@ -261,8 +249,8 @@ def _forward_both(torch, model, net, rules, x, t, label=None):
 
 
 @pytest.mark.torch
-def test_simple_unet_forward_equals_torch_peer(peer):
-  torch, tp = peer
+def test_simple_unet_forward_equals_torch_reference(reference):
+  torch, tp = reference
   rng = np.random.default_rng(0)
   x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
   t = np.array([3, 777], np.int32)
@@ -273,8 +261,8 @@ def test_simple_unet_forward_equals_torch_peer(peer):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("conditional", [False, True])
-def test_unet_small_forward_equals_torch_peer(peer, conditional):
-  torch, tp = peer
+def test_unet_small_forward_equals_torch_reference(reference, conditional):
+  torch, tp = reference
   rng = np.random.default_rng(1)
   x = rng.uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
   t = np.array([0, 641], np.int32)
@@ -288,8 +276,8 @@ def test_unet_small_forward_equals_torch_peer(peer, conditional):
 
 
 @pytest.mark.torch
-def test_upsampling_blocks_equal_torch(peer):
-  torch, _ = peer
+def test_upsampling_blocks_equal_torch(reference):
+  torch, _ = reference
   rng = np.random.default_rng(2)
   x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2))

@@ -1,15 +1,18 @@
 """The ddpm / denoiser tasks: configs, validation, one train step, sampling."""
+import dataclasses
 import functools
 import importlib
 import pathlib
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core import train_state as core_train_state
 from launch import tasks
 from launch.config_errors import ConfigError
 from launch.tasks import ddpm as ddpm_task
@@ -237,23 +240,48 @@ def test_conditional_sample_labels():
     task._sample_labels(np.arange(3), 2)
 
 
-def test_denoiser_sample_from_given_noise():
-  _, task, state, _, _, _ = _trained("denoiser_fashion_mnist")
-  params = task.sample_params(state)
-  noise = jax.random.normal(jax.random.key(5), (2,) + task.image_shape)
-  x0 = jnp.zeros((2,) + task.image_shape)
+class _Affine(nn.Module):
+  """x0_hat = a x + b with scalar a, b: a denoiser whose output is known in closed form."""
 
-  @functools.partial(jax.jit, **FAST)
-  def run(p, key):
-    return (task.sample(p, key, 2, noise=noise),
-            task.network.apply({"params": p}, noise, None, None, train=False),
-            task.sample(p, key, 2, noise=noise, x0=x0),
-            task.network.apply({"params": p}, 0.5 * noise, None, None, train=False))
+  @nn.compact
+  def __call__(self, x, t, label, train=False):
+    del t, label, train
+    a = self.param("a", nn.initializers.ones, ())
+    b = self.param("b", nn.initializers.zeros, ())
+    return a * x + b
 
-  blots, direct, mixed, direct_mixed = run(params, jax.random.key(0))
-  np.testing.assert_array_equal(blots, jnp.clip(direct, -1, 1))
-  np.testing.assert_array_equal(mixed, jnp.clip(direct_mixed, -1, 1))
+
+def test_denoiser_sample_and_loss_against_float64():
+  # The task with its network swapped for x0_hat = a x + b and m = 0.3 (not
+  # 0.5, so that swapping m and 1 - m shows).
+  m = 0.3
+  task = dataclasses.replace(tasks.build(_config("denoiser_fashion_mnist", "smoke")),
+                             network=_Affine(), denoise_mix=m)
   assert task.sample_options(_config("denoiser_fashion_mnist")) == {}
+  rng = np.random.default_rng(0)
+  shape = (64,) + task.image_shape
+  eps = rng.standard_normal(shape)
+  x0 = rng.uniform(-1, 1, shape)
+  a, b = 1.7, -0.2
+  params = {"a": jnp.float32(a), "b": jnp.float32(b)}
+  blots = task.sample(params, jax.random.key(0), 64, noise=jnp.asarray(eps, jnp.float32))
+  np.testing.assert_allclose(blots, np.clip(a * eps + b, -1, 1), rtol=1e-5, atol=1e-6)
+  mixed = task.sample(params, jax.random.key(0), 64, noise=jnp.asarray(eps, jnp.float32),
+                      x0=jnp.asarray(x0, jnp.float32))
+  np.testing.assert_allclose(mixed, np.clip(a * ((1 - m) * x0 + m * eps) + b, -1, 1),
+                             rtol=1e-5, atol=1e-6)
+  # The loss is the MSE to x0: with a = 0 it is mean((b - x0)^2) whatever the
+  # noise; with a = 1, b = 0 it is m^2 mean((eps - x0)^2), whose expectation
+  # over eps ~ N(0, 1) is m^2 (1 + mean(x0^2)) (65536 values: within ~1%).
+  batch = {"image": jnp.asarray(x0, jnp.float32), "label": jnp.zeros((64,), jnp.int32)}
+  step = jax.jit(task.train_step)
+  for (a, b), want, rtol in [
+      ((0.0, 0.25), np.mean((0.25 - x0) ** 2), 1e-6),
+      ((1.0, 0.0), m ** 2 * (1 + np.mean(x0 ** 2)), 0.03)]:
+    state = core_train_state.TrainState.create(
+        {"a": jnp.float32(a), "b": jnp.float32(b)}, task.tx)
+    _, metrics = step(state, batch, jax.random.key(1))
+    np.testing.assert_allclose(float(metrics["loss"]), want, rtol=rtol)
 
 
 def test_bfloat16_compute_is_a_config_option():

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from ebm import ood
 
@@ -55,14 +56,55 @@ def test_ood_score_is_the_energy_and_batches_the_same():
                              atol=1e-7)
 
 
-def test_ood_evaluate_separates_what_the_energy_penalises():
-  # E = mean |x - dark|: dark (≈ -1) images are "data"; noise and inversion are far.
-  energy = lambda x: jnp.mean(jnp.abs(x + 1.0), axis=(1, 2, 3))
-  x_in = -1.0 + 0.1 * jax.random.uniform(jax.random.key(3), (32, 8, 8, 1))
-  scores = ood.ood_evaluate(energy, x_in, jax.random.key(4), batch_size=16)
-  np.testing.assert_allclose(scores["uniform_noise"], 1.0)
-  np.testing.assert_allclose(scores["inverted"], 1.0)
-  np.testing.assert_allclose(scores["vflip"], 0.5, atol=0.2)   # flips keep the energy here
+@pytest.mark.parametrize("d", [0.0, 0.5, 1.5])
+def test_auroc_of_two_gaussians_is_phi_of_d_over_root_two(d):
+  # E(x) = the single pixel; in: N(0, 1), out: N(d, 1). P(s+ > s-) with
+  # s+ - s- ~ N(d, 2) is Phi(d / sqrt 2). 4000 each: standard error < 0.007.
+  rng = np.random.default_rng(int(10 * d))
+  x_in = rng.normal(0.0, 1.0, (4000, 1, 1, 1)).astype(np.float32)
+  x_out = rng.normal(d, 1.0, (4000, 1, 1, 1)).astype(np.float32)
+  energy = lambda x: x[:, 0, 0, 0]
+  got = ood.auroc(ood.ood_score(energy, x_in, 512), ood.ood_score(energy, x_out, 512))
+  np.testing.assert_allclose(float(got), scipy.stats.norm.cdf(d / np.sqrt(2.0)), atol=0.025)
+
+
+def _censored_normal_moments(mu, sigma, lo, hi):
+  """Mean and variance of clip(Y, lo, hi), Y ~ N(mu, sigma^2) (float64)."""
+  a, b = (lo - mu) / sigma, (hi - mu) / sigma
+  norm = scipy.stats.norm
+  p_in = norm.cdf(b) - norm.cdf(a)
+  # E[Y 1{lo<Y<hi}] and E[Y^2 1{lo<Y<hi}] of the normal, plus the clipped tails.
+  m1 = mu * p_in + sigma * (norm.pdf(a) - norm.pdf(b))
+  m2 = ((mu ** 2 + sigma ** 2) * p_in + 2 * mu * sigma * (norm.pdf(a) - norm.pdf(b))
+        + sigma ** 2 * (a * norm.pdf(a) - b * norm.pdf(b)))
+  mean = m1 + lo * norm.cdf(a) + hi * norm.sf(b)
+  second = m2 + lo ** 2 * norm.cdf(a) + hi ** 2 * norm.sf(b)
+  return mean, second - mean ** 2
+
+
+def test_ood_evaluate_equals_closed_form_aurocs_of_a_mean_pixel_energy():
+  # E(x) = mean pixel over P = 64 pixels; in-distribution pixels iid N(m, tau^2).
+  # Each score set is (by the CLT) normal, so AUROC = Phi((mu+ - mu-) /
+  # sqrt(var+ + var-)) for
+  #   in:            mean m, var tau^2 / P
+  #   inverted:      -m, tau^2 / P
+  #   uniform noise: 0, (1/3) / P
+  #   noised:        clip(x + 0.3 eps, -1, 1): censored N(m, tau^2 + 0.09)
+  # and the flips leave every score unchanged (up to the summation order): 0.5.
+  n, p, m, tau = 3000, 64, -0.05, 0.5
+  x_in = jnp.asarray(np.random.default_rng(0).normal(m, tau, (n, 8, 8, 1)), jnp.float32)
+  energy = lambda x: jnp.mean(x, axis=(1, 2, 3))
+  scores = ood.ood_evaluate(energy, x_in, jax.random.key(4), batch_size=1000, noise_sigma=0.3)
+  noised_mean, noised_var = _censored_normal_moments(m, np.sqrt(tau ** 2 + 0.09), -1.0, 1.0)
+  var_in = tau ** 2 / p
+  phi = lambda mu, var: scipy.stats.norm.cdf((mu - m) / np.sqrt(var + var_in))
+  want = {"inverted": phi(-m, tau ** 2 / p),                # ~0.87
+          "uniform_noise": phi(0.0, 1.0 / 3.0 / p),         # ~0.70
+          "gaussian_noised": phi(noised_mean, noised_var / p)}
+  for name, value in want.items():
+    np.testing.assert_allclose(float(scores[name]), value, atol=0.03, err_msg=name)
+  for name in ("vflip", "hflip"):
+    np.testing.assert_allclose(float(scores[name]), 0.5, atol=1e-4, err_msg=name)
 
 
 def test_inpainting_keeps_known_pixels_exactly_through_the_chain():

@@ -117,3 +117,12 @@ def test_classifier_figures(classifier):
   config, workdir = classifier
   written = figure_mode.figures_workdir(config, str(workdir))
   _check_pngs(written, workdir, ("training_curve", "confusion_matrix"))
+
+
+def test_docs_name_the_fixed_init_samplers_the_code_uses():
+  # figure_mode's fixed_init: the config's stochastic sampler (else ancestral)
+  # against DDIM eta = 0, not the ancestral chain with z = 0.
+  assert "DDIM eta = 0" in " ".join(figure_mode.__doc__.split())
+  text = " ".join((ROOT / "docs" / "results.md").read_text().split())
+  sentence = text[text.index("fixed x_T with"):][:250]
+  assert "DDIM η = 0" in sentence and "z = 0" not in sentence, sentence

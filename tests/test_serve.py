@@ -531,18 +531,16 @@ def test_cli_fails_with_one_line_when_a_checkpoint_is_missing(tmp_path):
 # ---------------------------------------------------------------------------
 # Property-based fuzzing of the OpenAPI schema (schemathesis).
 
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
-from schemathesis import checks as st_checks  # noqa: E402  pylint: disable=g-import-not-at-top
-from schemathesis.specs.openapi import checks as st_openapi_checks  # noqa: E402
+# Only these tests need schemathesis and hypothesis (both in the [test] extra):
+# without them the fuzz tests skip, and every other test here still runs.
 
-FUZZ_CHECKS = [st_checks.not_a_server_error, st_openapi_checks.status_code_conformance,
-               st_openapi_checks.content_type_conformance,
-               st_openapi_checks.response_schema_conformance,
-               st_openapi_checks.negative_data_rejection]
+@pytest.fixture(scope="session")
+def fuzz_libs():
+  """(schemathesis, hypothesis), or a skip of the fuzz test that asked for them."""
+  return pytest.importorskip("schemathesis"), pytest.importorskip("hypothesis")
 
 
-def fuzz(app, mode: str, max_examples: int) -> None:
+def fuzz(libs, app, mode: str, max_examples: int) -> None:
   """Hypothesis over every operation of the app's OpenAPI schema; fails on any check.
 
   Uses schemathesis' strategies with plain `hypothesis.given` (its pytest
@@ -550,6 +548,13 @@ def fuzz(app, mode: str, max_examples: int) -> None:
   the models may still refuse with a 422) or "negative" (schema-invalid ones,
   which must get a 4xx).
   """
+  schemathesis, hypothesis = libs
+  from schemathesis import checks as st_checks  # pylint: disable=g-import-not-at-top
+  from schemathesis.specs.openapi import checks as st_openapi_checks  # pylint: disable=g-import-not-at-top
+  fuzz_checks = [st_checks.not_a_server_error, st_openapi_checks.status_code_conformance,
+                 st_openapi_checks.content_type_conformance,
+                 st_openapi_checks.response_schema_conformance,
+                 st_openapi_checks.negative_data_rejection]
   schema = schemathesis.openapi.from_asgi("/openapi.json", app)
   strategy = schema.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
 
@@ -557,24 +562,24 @@ def fuzz(app, mode: str, max_examples: int) -> None:
                        database=None, suppress_health_check=list(hypothesis.HealthCheck))
   @hypothesis.given(case=strategy)
   def check(case):
-    case.call_and_validate(checks=FUZZ_CHECKS)
+    case.call_and_validate(checks=fuzz_checks)
   check()
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_fuzz_openapi_no_server_errors(batcher, monkeypatch, mode):
+def test_fuzz_openapi_no_server_errors(fuzz_libs, batcher, monkeypatch, mode):
   """Fuzzes validation, queue and encoding; device calls are instant zeros here."""
   for model in batcher.models.values():
     monkeypatch.setattr(model, "run", lambda static, bucket, seeds, index, extras, m=model:
                         np.zeros((bucket, *m.image_shape), np.float32))
-  fuzz(serve.create_app(batcher, manage=False), mode, max_examples=150)
+  fuzz(fuzz_libs, serve.create_app(batcher, manage=False), mode, max_examples=150)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_fuzz_openapi_with_real_sampling(batcher, mode):
+def test_fuzz_openapi_with_real_sampling(fuzz_libs, batcher, mode):
   """The same with real sampling (a compile for every new steps / step size)."""
-  fuzz(serve.create_app(batcher, manage=False), mode, max_examples=60)
+  fuzz(fuzz_libs, serve.create_app(batcher, manage=False), mode, max_examples=60)
 
 
 def test_launch_mode_serve_takes_a_serve_config(tmp_path):

@@ -2,7 +2,7 @@
 import json
 import os
 import pathlib
-import random
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
+from launch import data as data_lib
 from launch import sharding
 from launch import train as train_lib
 
@@ -218,58 +219,59 @@ class _Proc(subprocess.Popen):
     return pathlib.Path(self.log_path).read_text()
 
 
-def _launch(workdir, *flags, devices=2):
+def _launch(workdir, *flags, devices=2, env=None):
   workdir = pathlib.Path(workdir)
   workdir.parent.mkdir(parents=True, exist_ok=True)
   log = workdir.parent / f"{workdir.name}.{len(list(workdir.parent.glob(workdir.name + '.*')))}.log"
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
   return _Proc(
       [sys.executable, str(ROOT / "tests" / "launch_with_mock_data.py"), str(MOCK_EXAMPLES),
        "--config", CLASSIFIER, "--workdir", str(workdir), f"--cpu_devices={devices}", *flags],
       log, cwd=ROOT, env=env)
 
 
-def _params_from_workdir(workdir, steps):
+def _state_from_workdir(workdir, steps):
   config = _config(train__steps=steps)
   run = train_lib.prepare(config)
   ckpt = checkpoint_lib.Checkpointer(workdir)
   assert ckpt.latest_step() == steps
   state, _ = train_lib.restore_or_init(run, ckpt)
   ckpt.close()
-  return _params(state)
+  return jax.device_get(state)
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=240):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    steps = [p for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()] \
-        if (workdir / "checkpoints").exists() else []
-    if steps:
-      return
-    if proc.poll() is not None:
-      raise AssertionError(f"process ended early:\n{proc.output()}")
-    time.sleep(0.2)
-  raise AssertionError("no checkpoint appeared")
+def _params_from_workdir(workdir, steps):
+  return _params(_state_from_workdir(workdir, steps))
 
 
-def test_kill_minus_9_then_resume_equals_uninterrupted(tmp_path):
-  steps = 24
-  flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=1",
+def test_kill_minus_9_in_the_middle_of_a_save_then_resume_equals_uninterrupted(tmp_path):
+  steps = 6
+  flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=2",
            "--config.train.log_every=1", "--config.train.num_samples=0"]
   ref = _launch(tmp_path / "ref", *flags)
   out = ref.output()
   assert ref.returncode == 0, out
-  work = tmp_path / "killed"
-  proc = _launch(work, *flags)
-  _wait_for_checkpoint(work, proc)
-  time.sleep(random.uniform(0.0, 1.5))  # a random moment, often mid-save
+  # The save of step 4 blocks with its arrays written to Orbax's temporary
+  # directory but not committed; the process is killed right there.
+  work, marker = tmp_path / "killed", tmp_path / "blocked_in_save"
+  proc = _launch(work, *flags, env={"BLOCK_SAVE_AT_STEP": "4", "BLOCK_SAVE_MARKER": str(marker)})
+  deadline = time.time() + 300
+  while not marker.exists():
+    assert proc.poll() is None, f"process ended before the save of step 4:\n{proc.output()}"
+    assert time.time() < deadline, "the save of step 4 never reached the hook"
+    time.sleep(0.1)
   proc.kill()
   proc.wait()
+  checkpoints = work / "checkpoints"
+  # Only step 2 is complete; step 4 is left half-written for the resume to meet.
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2"]
+  assert any(p.name.startswith("4.") for p in checkpoints.iterdir()), "no partial save left"
   resumed = _launch(work, *flags)
   out = resumed.output()
   assert resumed.returncode == 0, out
-  _assert_trees_equal(_params_from_workdir(tmp_path / "ref", steps),
-                      _params_from_workdir(work, steps))
+  assert re.search(r"Resumed from .* at step 2\.", out), out  # not from scratch
+  _assert_trees_equal(_state_from_workdir(tmp_path / "ref", steps),
+                      _state_from_workdir(work, steps))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -310,9 +312,27 @@ def test_two_process_multihost_equals_single_process(tmp_path):
   out = single.output()
   assert single.returncode == 0, out
   port = _free_port()
+  records = [tmp_path / f"batches_{i}.npz" for i in range(2)]
   procs = [_launch(tmp_path / "multi", *flags, f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}", devices=1) for i in range(2)]
+                   "--num_processes=2", f"--process_id={i}", devices=1,
+                   env={"RECORD_BATCHES": str(records[i])}) for i in range(2)]
   outs = [p.output() for p in procs]
   assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
   _assert_trees_equal(_params_from_workdir(tmp_path / "single", steps),
                       _params_from_workdir(tmp_path / "multi", steps), rtol=1e-5, atol=1e-6)
+  # Equal parameters would also come from two independent single-process runs:
+  # check that the two processes formed one job and that each read its half
+  # (rows [i*B/2, (i+1)*B/2)) of every global batch, which together are the
+  # single-process batch.
+  config = _config(train__steps=steps)
+  whole = data_lib.make_train_batches(config.data, global_batch_size=config.train.batch_size,
+                                      seed=config.seed)
+  half = config.train.batch_size // 2
+  for i, path in enumerate(records):
+    got = np.load(path)
+    assert int(got["jax_process_count"]) == 2 and int(got["process_count"]) == 2
+    assert int(got["process_index"]) == i
+    assert list(got["steps"]) == list(range(steps))
+    for s in range(steps):
+      np.testing.assert_array_equal(got["images"][s], whole[s]["image"][i * half:(i + 1) * half])
+      np.testing.assert_array_equal(got["labels"][s], whole[s]["label"][i * half:(i + 1) * half])
