@@ -9,6 +9,9 @@ the key) and returns a task object with typed fields:
   DenoiserTask  the one-step 50/50 denoiser ("ink blot" baseline): predicts
                 x0 from (1 - m) x0 + m eps, m = diffusion.denoise_mix.
 
+Both are thin adapters: the init and train steps are `ddpm.training`'s (as
+the EBM's are `ebm.cd`'s), the samplers `ddpm.samplers`'.
+
 Config keys read, per network (model.*): unet_ho: ch, ch_mult,
 num_res_blocks, attn_resolutions, dropout, num_groups, num_heads;
 simple_unet: ch, ch_mult, dropout, num_groups (sinusoid 2 ch, time MLP 8 ch);
@@ -61,6 +64,7 @@ from ddpm import networks
 from ddpm import objectives
 from ddpm import samplers
 from ddpm import schedules
+from ddpm import training
 from core.train_state import TrainState
 from launch import data as data_lib
 from launch.config_errors import (ConfigError, check_bool, check_choice, check_int,
@@ -227,35 +231,18 @@ class _Task:
 
   def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh parameters (from one example of `batch`), optimiser state and EMA."""
-    x = jnp.zeros((1,) + tuple(batch["image"].shape[1:]), jnp.float32)
-    t = jnp.zeros((1,), jnp.int32)
-    label = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-    # The parameter draws use XLA's RngBitGenerator ("rbg"), seeded from `key`:
-    # threefry inlines a large program per parameter, which made init 3x slower
-    # to compile on CPU. The initial values may differ between backends.
-    init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
-    params = self.network.init({"params": init_key}, x, t, label, train=False)["params"]
-    return TrainState.create(params, self.tx)
+    return training.init_state(key, batch, network=self.network, tx=self.tx,
+                               num_classes=self.num_classes)
+
+  @property
+  def train_settings(self) -> training.TrainSettings:
+    return training.TrainSettings(num_classes=self.num_classes, class_dropout=self.class_dropout,
+                                  ema_decay=self.ema_decay, ema_warmup=self.ema_warmup,
+                                  lr_schedule=self.lr_schedule)
 
   def sample_params(self, state: TrainState) -> Any:
     """The parameters to sample with: EMA ones if `use_ema`, else the trained ones."""
     return state.ema_params if self.use_ema else state.params
-
-  def _train_labels(self, key: jax.Array, batch: dict[str, jax.Array]) -> jax.Array | None:
-    if not self.num_classes:
-      return None
-    label = batch["label"].astype(jnp.int32)
-    if self.class_dropout > 0:
-      label = objectives.drop_labels(key, label, self.class_dropout, self.num_classes)
-    return label
-
-  def _update(self, state: TrainState, loss_fn: Callable[[Any], jax.Array]):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    new_state = state.apply_gradients(grads, self.tx, self.ema_decay, self.ema_warmup)
-    lr = self.lr_schedule(state.step)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr * state.lr_scale}
-    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   def _sample_labels(self, label: Any, num: int, spec: samplers.SamplingSpec | None = None
                      ) -> jax.Array | None:
@@ -304,30 +291,10 @@ class DDPMTask(_Task):
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adam step on the simple loss (Algorithm 1) of `batch`.
-
-    Args:
-      state: the train state.
-      batch: {"image": [B, H, W, C] in [-1, 1], "label": [B] int}.
-      key: the run's constant train key; the step's randomness is
-        fold_in(key, state.step).
-
-    Returns:
-      (new state, {"loss", "grad_norm", "lr"} float32 scalars).
-    """
-    key = jax.random.fold_in(key, state.step)
-    k_loss, k_dropout, k_label = jax.random.split(key, 3)
-    x0 = batch["image"].astype(jnp.float32)
-    label = self._train_labels(k_label, batch)
-
-    def loss_fn(params):
-      def model_fn(x_t, t):
-        return self.network.apply({"params": params}, x_t, t, label, train=True,
-                                  rngs={"dropout": k_dropout})
-      return objectives.diffusion_loss(model_fn, self.schedule, x0, k_loss,
-                                       objective=self.objective)
-
-    return self._update(state, loss_fn)
+    """One update on the simple loss (Algorithm 1): `ddpm.training.train_step`."""
+    return training.train_step(state, batch, key, network=self.network, tx=self.tx,
+                               schedule=self.schedule, objective=self.objective,
+                               settings=self.train_settings)
 
   def eps_fn(self, params: Any, label: jax.Array | None = None,
              guidance: float | jax.Array = 1.0) -> samplers.EpsFn:
@@ -405,20 +372,10 @@ class DenoiserTask(_Task):
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adam step on mean (net((1 - m) x0 + m eps) - x0)^2; see `DDPMTask.train_step`."""
-    key = jax.random.fold_in(key, state.step)
-    k_eps, k_dropout, k_label = jax.random.split(key, 3)
-    x0 = batch["image"].astype(jnp.float32)
-    label = self._train_labels(k_label, batch)
-    eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
-    x_in = (1.0 - self.denoise_mix) * x0 + self.denoise_mix * eps
-
-    def loss_fn(params):
-      x0_hat = self.network.apply({"params": params}, x_in, None, label, train=True,
-                                  rngs={"dropout": k_dropout})
-      return jnp.mean(jnp.square(x0_hat - x0))
-
-    return self._update(state, loss_fn)
+    """One update on mean (net((1 - m) x0 + m eps) - x0)^2: `ddpm.training`."""
+    return training.denoiser_train_step(state, batch, key, network=self.network, tx=self.tx,
+                                        denoise_mix=self.denoise_mix,
+                                        settings=self.train_settings)
 
   def sample(self, params: Any, key: jax.Array, num: int, *, noise: jax.Array | None = None,
              x0: jax.Array | None = None, label: Any = _FROM_SPEC) -> jax.Array:
