@@ -15,12 +15,12 @@ Installed, the same CLI is the `ddpm-ebm` command (`ddpm-ebm --config ...`).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -152,9 +152,10 @@ def main(argv):
   if _WORKDIR.value is None and not (_MODE.value == "serve" and "models" in config):
     print("error: --workdir is required", file=sys.stderr)
     return 2
+  task = None
   try:
     if not (_MODE.value == "serve" and "models" in config):  # a serve config: launch.serve checks it
-      config_lib.validate(config)
+      task = config_lib.validate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -162,8 +163,10 @@ def main(argv):
   _log_to_workdir(_WORKDIR.value, create=_MODE.value == "train")
   module_name, fn_name = MODES[_MODE.value].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
+  # The modes that take it get the task `validate` built, so it is built once.
+  kwargs = {"task": task} if "task" in inspect.signature(fn).parameters else {}
   try:
-    fn(config, _WORKDIR.value)
+    fn(config, _WORKDIR.value, **kwargs)
   except Exception as e:  # a clear one-line reason for the errors users cause
     from launch.checkpoint import CheckpointError
     from launch.data import DatasetNotFoundError

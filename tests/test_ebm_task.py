@@ -49,7 +49,7 @@ def test_cifar_config_has_the_tutorial_sampler_settings():
 
 
 def test_unknown_config_argument_is_an_error():
-  with pytest.raises(ConfigError, match="tiny"):
+  with pytest.raises(ValueError, match="tiny"):  # configs raise plain ValueError
     ebm_fashion_mnist.get_config("tiny")
 
 

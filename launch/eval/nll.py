@@ -35,10 +35,6 @@ _NLL_STREAM = 0x4E4C4C   # fold_in tag of the bound's noise
 TERMS_FILE = "nll_terms.npz"
 
 
-def _one_device(tree):
-  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
-
-
 def _test_images(data_config, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
   images, labels, count = [], [], 0
   for batch in data_lib.eval_batches(data_config, split, min(n, 500)):
@@ -95,9 +91,9 @@ def nll_records(config, workdir, run, state) -> list[dict]:
   task = run.task
   split = config.data.eval_split
   images, labels = _test_images(config.data, split, n)
-  params = _one_device(state.ema_params if config.sample.use_ema else state.params)
+  params = task.sample_params(state)  # restored on one device by workdir.load_trained
   key = jax.random.fold_in(run.keys["sample"], _NLL_STREAM)
-  variance, clip_x0 = config.sample.variance, bool(config.sample.clip_x0)
+  variance, clip_x0 = task.spec.variance, bool(task.spec.clip_x0)
   out = variational_bound_batches(task, params, images, labels if task.num_classes else None,
                                   key, config.sample.batch_size, variance=variance,
                                   clip_x0=clip_x0)
@@ -121,7 +117,7 @@ def nll_records(config, workdir, run, state) -> list[dict]:
       "bpd_model_dims": float(out["total_bpd"].mean()), "model_dims": model_dims,
       "decoder_bpd": float(terms[0]), "prior_bpd": float(out["prior_bpd"].mean()),
       "variance": variance, "clip_x0": clip_x0, "cdf": "approx",
-      "weights": "ema" if config.sample.use_ema else "raw",
+      "weights": "ema" if task.use_ema else "raw",
       "step": int(jax.device_get(state.step)), "seed": int(config.seed),
       "terms_file": TERMS_FILE, "figure": "figures/nll_terms.png"}
   if task.num_classes:
