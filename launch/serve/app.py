@@ -30,6 +30,7 @@ batching and `launch.serve.models` for programs and determinism.
 """
 # No `from __future__ import annotations` here: FastAPI and pydantic read the
 # annotations of the request model and the endpoint built inside `create_app`.
+import asyncio
 import base64
 import contextlib
 import io
@@ -52,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launch import figures
 from launch.config_errors import ConfigError
+from launch.serve.connections import InFlightLimit, guarded_protocol, raise_fd_limit
 from launch.serve.models import (MAX_SEED, WARMUP, Limits, Options, RequestError, ServedModel,
                                  load_model, sampler_names)
 from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
@@ -246,11 +248,13 @@ def _validation_response(exc: RequestValidationError) -> fastapi_responses.JSONR
 
 
 class BodyLimit:
-  """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed)."""
+  """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed), 408 for
+  a body part that takes over `timeout_s` to arrive (a client sending it slowly)."""
 
-  def __init__(self, app, max_bytes: int):
+  def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
     self.app = app
     self.max_bytes = max_bytes
+    self.timeout_s = timeout_s
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
@@ -270,7 +274,11 @@ class BodyLimit:
 
     async def limited_receive():
       nonlocal received
-      message = await receive()
+      try:
+        message = await asyncio.wait_for(receive(), self.timeout_s)
+      except asyncio.TimeoutError:
+        raise fastapi.HTTPException(
+            408, detail=f"body: not received within {self.timeout_s:g} s") from None
       if message["type"] == "http.request":
         received += len(message.get("body", b""))
         if received > self.max_bytes:
@@ -309,11 +317,13 @@ def _limits_description(batcher: Batcher, request_model) -> LimitsDescription:
 
 _ERRORS = {
     400: "Malformed JSON.",
+    408: "The body was not received within `limits.body_timeout_s`.",
     413: "Body too large.",
     422: "A field the schema or the model refuses; `field` names it.",
     500: "The device call failed (logged); the server goes on.",
     429: "Queue full; retry after Retry-After seconds.",
-    503: "Warming up, stopping, or the time limit passed; retry after Retry-After seconds.",
+    503: ("Warming up, stopping, the time limit passed, or `limits.max_requests` requests in "
+          "progress; retry after Retry-After seconds."),
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                 "schema": {"type": "integer"}}}
@@ -337,7 +347,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       shutdown. Tests that share one batcher between apps pass False.
 
   Returns:
-    The ASGI app (wrapped in the body-size limit).
+    The ASGI app, wrapped in the in-flight request limit and the body limits.
   """
   models = batcher.models
   if not models:
@@ -431,7 +441,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
                                                             "format": "binary"}}},
                        "headers": png_headers,
                        "description": "A PNG grid (format png) or JSON (format json)."},
-                 **_error_responses((400, 413, 422, 429, 500, 503))})
+                 **_error_responses((400, 408, 413, 422, 429, 500, 503))})
   async def generate(body: request_model):  # type: ignore[valid-type]
     """Samples `num_images` images; the same seed and options give the same images."""
     started = time.monotonic()
@@ -459,7 +469,16 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       return _error(500, None, f"server: sampling failed ({type(e).__name__})")
     return await _encode(model, plan.info, seed, result, body.format, started)
 
-  return BodyLimit(app, batcher.limits.max_body_bytes)
+  limits = batcher.limits
+  return InFlightLimit(BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s),
+                       limits.max_requests, _busy)
+
+
+async def _busy(scope, receive, send):
+  """The 503 of a request beyond `limits.max_requests` in progress."""
+  response = _error(503, None, "server: too many requests in progress; retry later",
+                    headers={"Retry-After": "1"})
+  return await response(scope, receive, send)
 
 
 async def _encode(model: ServedModel, info: Mapping[str, Any], seed: int, result: Result,
@@ -529,11 +548,16 @@ def run(config) -> None:
   batcher = build(config)
   app = create_app(batcher)
   log_level = config.get("log_level", "info")
+  limits = batcher.limits
+  # No `limit_concurrency`: uvicorn counts idle connections in it and answers
+  # plain-text 503s; the bounds are in launch/serve/connections.py instead.
+  max_connections = raise_fd_limit(limits.max_connections)
+  protocol = guarded_protocol(limits.header_timeout_s, max_connections)
   print(f"serving {', '.join(batcher.models)} on http://{config.host}:{config.port}/ "
         "(GET /health says when the samplers are compiled)", flush=True)
-  uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
-              timeout_keep_alive=5,
-              limit_concurrency=max(64, 4 * batcher.limits.queue_size + 16))
+  uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, http=protocol,
+              timeout_keep_alive=limits.keep_alive_s,
+              h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
 def serve_config_for_workdir(config, workdir: str) -> ml_collections.ConfigDict:

@@ -73,6 +73,12 @@ class Limits:
   max_body_bytes: int = 4096
   batch_wait_ms: float = 2.0
   max_programs: int = 32
+  max_connections: int = 2048
+  max_requests: int = 256
+  header_timeout_s: float = 10.0
+  keep_alive_s: float = 5.0
+  body_timeout_s: float = 30.0
+  max_header_bytes: int = 16384
 
   @property
   def max_images(self) -> int:
@@ -105,12 +111,14 @@ class Limits:
                         reason="must be increasing integers in [1, 4096]")
     values["buckets"] = buckets
     for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
-                    ("max_programs", 0)):
+                    ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
+                    ("max_header_bytes", 1024)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"limits.{key}", v, allowed=f"an integer >= {lo}")
     for key, lo_open in (("max_step_size", True), ("max_guidance", False), ("timeout_s", True),
-                         ("batch_wait_ms", False)):
+                         ("batch_wait_ms", False), ("header_timeout_s", True),
+                         ("keep_alive_s", True), ("body_timeout_s", True)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or (
           v <= 0 if lo_open else v < 0):
