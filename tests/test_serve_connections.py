@@ -12,6 +12,7 @@ make room, and the server still answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -59,24 +60,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-  """The URL of a warmed-up server (stopped with SIGTERM at the end)."""
+def dn_workdir(tmp_path_factory) -> pathlib.Path:
   root = tmp_path_factory.mktemp("serve_connections")
-  workdir = write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", root / "dn")
-  port = _free_port()
-  config_file = root / "config.py"
-  config_file.write_text(_CONFIG.format(port=port, workdir=str(workdir),
-                                        header_timeout=HEADER_TIMEOUT_S,
-                                        max_connections=MAX_CONNECTIONS))
+  return write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", root / "dn")
+
+
+@contextlib.contextmanager
+def _running(args: list[str], port: int, log_path: pathlib.Path):
+  """A server subprocess (`python -m ARGS`), yielded once GET /health on `port` answers 200."""
   env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-  log = open(root / "server.log", "w")
-  proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--config", str(config_file)],
-                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  log = open(log_path, "w")
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
   start = time.monotonic()
   try:
     while True:
-      assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+      assert proc.poll() is None, log_path.read_text()[-3000:]
       try:
         if httpx.get(f"{url}/health", timeout=5).status_code == 200:
           break
@@ -84,7 +84,7 @@ def server(tmp_path_factory):
         pass
       assert time.monotonic() - start < 300, "server not ready after 300 s"
       time.sleep(0.5)
-    yield url, port
+    yield url
   finally:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -92,6 +92,19 @@ def server(tmp_path_factory):
     except subprocess.TimeoutExpired:
       proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def server(dn_workdir):
+  """(url, port) of a warmed-up `python -m launch.serve` (stopped with SIGTERM at the end)."""
+  port = _free_port()
+  config_file = dn_workdir.parent / "config.py"
+  config_file.write_text(_CONFIG.format(port=port, workdir=str(dn_workdir),
+                                        header_timeout=HEADER_TIMEOUT_S,
+                                        max_connections=MAX_CONNECTIONS))
+  with _running(["launch.serve", "--config", str(config_file)], port,
+                dn_workdir.parent / "server.log") as url:
+    yield url, port
 
 
 def _open(port: int, n: int) -> list[socket.socket]:
@@ -209,3 +222,17 @@ def test_requests_beyond_max_requests_get_the_json_503_with_retry_after():
   assert third.status_code == 503 and int(third.headers["retry-after"]) >= 1
   assert third.headers["content-type"] == "application/json"
   assert third.json()["detail"].startswith("server: too many requests in progress")
+
+
+def test_launch_mode_serve_takes_the_server_settings(dn_workdir):
+  """`python -m launch --mode serve` takes --config.serve.* as launch.serve takes --config.*."""
+  port = _free_port()
+  args = ["launch", "--mode", "serve", "--config",
+          f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", "--workdir", str(dn_workdir),
+          f"--config.serve.port={port}", "--config.serve.warmup=none",
+          "--config.serve.limits.buckets=(2,)", "--config.serve.log_level=warning"]
+  with _running(args, port, dn_workdir.parent / "mode_serve.log") as url:
+    limits = httpx.get(f"{url}/models").json()["limits"]
+    r = httpx.post(f"{url}/generate", json={"num_images": 2, "seed": 0}, timeout=120)
+  assert limits["buckets"] == [2] and limits["max_images"] == 2
+  assert r.status_code == 200 and r.headers["x-num-images"] == "2"

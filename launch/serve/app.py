@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI) over trained DDPM and EBM workdirs.
 
     python -m launch.serve --config configs/serve.py [--config.port=8080 ...]
-    python -m launch --mode serve --config configs/X.py --workdir DIR   # one workdir
+    python -m launch --mode serve --config configs/X.py --workdir DIR \\
+        [--config.serve.port=8080 ...]                                   # one workdir
 
 At start the server loads the newest checkpoint of every model its config
 names (EMA parameters by default; a missing or unreadable checkpoint stops it
@@ -563,8 +564,10 @@ def run(config) -> None:
 def serve_config_for_workdir(config, workdir: str) -> ml_collections.ConfigDict:
   """The serve config of one trained workdir: configs/serve.py's defaults, one model.
 
-  `config.serve` (if the experiment config has such a section) overrides the
-  defaults' host, port, log_level, warmup and limits.
+  `config.serve` (every experiment config has it, from configs/base.py; a
+  workdir's config.json written before it existed may not) overrides the
+  defaults' host, port, log_level, warmup and limits: `python -m launch
+  --mode serve ... --config.serve.port=8080`.
   """
   from configs import serve as serve_defaults  # pylint: disable=import-outside-toplevel
   if not workdir:
