@@ -15,9 +15,18 @@ not a Python loop.
 
 Timesteps are 0-based: the chain visits t = T-1, ..., 0 (the paper's T .. 1)
 and the step at t produces x at t - 1 (t = -1 is x_0 of the paper).
+
+Choosing a sampler: a `SamplingSpec` holds every sampling option together
+with the model facts the rules need (T, the classes, the null label), and
+`SamplingSpec.validate` is the one place that checks them (which sampler
+takes which steps, the label and guidance rules). `sample(spec, eps_fn, ...)`
+dispatches through the `SAMPLERS` registry: adding a sampler is adding one
+`SamplerRule` entry (its chain and its step rule).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -30,7 +39,6 @@ from ddpm.schedules import Schedule
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS = ("ancestral", "deterministic", "ddim")
 VARIANCES = ("beta", "beta_tilde")
 SPACINGS = ("uniform", "quadratic")
 
@@ -220,3 +228,218 @@ def guided_eps_fn(model_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Arra
     return eps_c + (guidance - 1.0) * (eps_c - eps_u)
 
   return eps_fn
+
+
+# ---------------------------------------------------------------------------
+# The sampling spec, the registry of samplers and the dispatcher.
+
+class SpecError(ValueError):
+  """A `SamplingSpec` field is invalid; names the field (callers map it to a config key or a
+  request field).
+
+  Attributes:
+    field: the spec field, e.g. "steps".
+    value: the bad value.
+    reason: why it is invalid ("" when `allowed` says it all).
+    allowed: the allowed values, or None.
+  """
+
+  def __init__(self, field: str, value: Any, *, reason: str = "", allowed: Any = None):
+    msg = f"{field}={value!r} is invalid"
+    if reason:
+      msg += f": {reason}"
+    if allowed is not None:
+      msg += f" (allowed: {', '.join(repr(a) for a in allowed)})"
+    super().__init__(msg)
+    self.field, self.value, self.reason, self.allowed = field, value, reason, allowed
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingSpec:
+  """How to sample a DDPM, and the model facts that decide what is valid.
+
+  Frozen and hashable. It is also a pytree whose only leaves are `eta` and
+  `guidance` (the continuous options): passed as an ordinary argument to a
+  jitted function, a new eta or guidance value reuses the compiled program,
+  while every other field selects it. Change options with
+  `dataclasses.replace(spec, **options).validate()`.
+
+  Attributes:
+    sampler: a name of `SAMPLERS`.
+    steps: chain length; 0 = T. Only samplers whose rule has `timesteps`
+      (DDIM) take 1 <= steps < T.
+    eta: DDIM stochasticity in [0, 1]. eta and guidance may be traced
+      values; `validate` then skips their range checks.
+    spacing: DDIM timestep spacing, one of `SPACINGS`.
+    variance: sigma_t^2 of the ancestral samplers, one of `VARIANCES`.
+    clip_x0: clip the predicted x0 to [-1, 1] at every step.
+    guidance: classifier-free guidance scale s in [0, 100] (1 = the
+      conditional model exactly); s != 1 needs a null label.
+    label: None (conditional models: classes in turn, i mod num_classes;
+      unconditional models: no label) or one class index for every sample
+      (num_classes, the null label, when the model has one).
+    num_timesteps: the model's T.
+    num_classes: 0 for unconditional models.
+    null_label: the model has the "no label" index num_classes (trained with
+      label dropout), so guidance != 1 is possible.
+  """
+  sampler: str = "ancestral"
+  steps: int = 0
+  eta: float = 0.0
+  spacing: str = "uniform"
+  variance: str = "beta"
+  clip_x0: bool = True
+  guidance: float = 1.0
+  label: int | None = None
+  num_timesteps: int = 1000
+  num_classes: int = 0
+  null_label: bool = False
+
+  @property
+  def num_steps(self) -> int:
+    """The number of network evaluations of the chain (steps, 0 meaning T)."""
+    return self.steps or self.num_timesteps
+
+  @property
+  def rule(self) -> SamplerRule:
+    """The registry entry of `sampler`."""
+    if self.sampler not in SAMPLERS:
+      raise SpecError("sampler", self.sampler, reason="unknown sampler", allowed=tuple(SAMPLERS))
+    return SAMPLERS[self.sampler]
+
+  def validate(self) -> SamplingSpec:
+    """Checks every field; returns self, or raises SpecError naming the first bad field."""
+    t_max = _check_int("num_timesteps", self.num_timesteps, 1)
+    num_classes = _check_int("num_classes", self.num_classes, 0)
+    if not isinstance(self.null_label, (bool, np.bool_)):
+      raise SpecError("null_label", self.null_label, reason="must be a bool")
+    if self.null_label and not num_classes:
+      raise SpecError("null_label", self.null_label, reason="needs num_classes > 0")
+    rule = self.rule
+    steps = _check_int("steps", self.steps, 0, t_max)
+    if self.spacing not in SPACINGS:
+      raise SpecError("spacing", self.spacing, allowed=SPACINGS)
+    if rule.timesteps is None:
+      if steps not in (0, t_max):
+        names = [n for n, r in SAMPLERS.items() if r.timesteps is not None]
+        raise SpecError("steps", steps, reason=f"the {self.sampler!r} sampler takes all "
+                        f"T={t_max} steps; only {' / '.join(map(repr, names))} take fewer")
+    else:
+      try:
+        rule.timesteps(t_max, steps or t_max, self.spacing)
+      except ValueError as e:
+        raise SpecError("steps", steps, reason=str(e)) from None
+    _check_float("eta", self.eta, 0.0, 1.0)
+    if self.variance not in VARIANCES:
+      raise SpecError("variance", self.variance, allowed=VARIANCES)
+    if not isinstance(self.clip_x0, (bool, np.bool_)):
+      raise SpecError("clip_x0", self.clip_x0, reason="must be a bool")
+    guidance = _check_float("guidance", self.guidance, 0.0, 100.0)
+    if guidance != 1.0 and not self.null_label:   # a traced guidance (None) counts as != 1
+      raise SpecError("guidance", self.guidance,
+                      reason="guidance != 1 needs a conditional model trained with label "
+                             "dropout (a null label)")
+    if self.label is not None:
+      if not num_classes:
+        raise SpecError("label", self.label, reason="the model is unconditional (no labels)")
+      top = num_classes if self.null_label else num_classes - 1
+      _check_int("label", self.label, 0, top)
+    return self
+
+  def labels(self, num: int) -> np.ndarray | None:
+    """The [num] int32 labels of a sample of `num` images (None: unconditional model).
+
+    label None gives the classes in turn (i mod num_classes), an int gives
+    it to every sample.
+    """
+    if not self.num_classes:
+      return None
+    if self.label is None:
+      return np.arange(num, dtype=np.int32) % self.num_classes
+    return np.full((num,), self.label, np.int32)
+
+
+jax.tree_util.register_dataclass(
+    SamplingSpec, data_fields=["eta", "guidance"],
+    meta_fields=["sampler", "steps", "spacing", "variance", "clip_x0", "label", "num_timesteps",
+                 "num_classes", "null_label"])
+
+
+def _check_int(field: str, value: Any, lo: int, hi: int | None = None) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise SpecError(field, value, reason="must be an integer")
+  if value < lo or (hi is not None and value > hi):
+    raise SpecError(field, value, reason=f"must be in [{lo}, {'inf' if hi is None else hi}]")
+  return int(value)
+
+
+def _check_float(field: str, value: Any, lo: float, hi: float) -> float | None:
+  """The value as a float; None when it is traced (the caller checked it before tracing)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  if isinstance(value, (jax.Array, np.ndarray)) and value.shape == ():
+    value = value.item()
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+    raise SpecError(field, value, reason="must be a number")
+  if not (math.isfinite(value) and lo <= value <= hi):
+    raise SpecError(field, value, reason=f"must be in [{lo}, {hi}]")
+  return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerRule:
+  """One entry of `SAMPLERS`: a sampler's chain and its step rule.
+
+  Attributes:
+    run: (eps_fn, schedule, x_T, key, spec, capture_every) -> x_0, or
+      (x_0, trajectory) when capture_every > 0 (the module's convention).
+    timesteps: None when the sampler visits all T timesteps; otherwise
+      (T, S, spacing) -> the increasing int32 [S] timesteps it visits,
+      raising ValueError when S steps do not fit (the step rule).
+    options: the spec options the sampler reads besides clip_x0 and the
+      label / guidance ones (so a server can refuse the others).
+  """
+  run: Callable[..., Any]
+  timesteps: Callable[[int, int, str], np.ndarray] | None = None
+  options: tuple[str, ...] = ()
+
+
+SAMPLERS: dict[str, SamplerRule] = {
+    "ancestral": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: ancestral_sample(
+            eps_fn, schedule, x_T, key, variance=spec.variance, clip_x0=spec.clip_x0,
+            capture_every=capture_every),
+        options=("variance",)),
+    "deterministic": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: ancestral_sample(
+            eps_fn, schedule, x_T, key, clip_x0=spec.clip_x0, deterministic=True,
+            capture_every=capture_every)),
+    "ddim": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: ddim_sample(
+            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, eta=spec.eta,
+            spacing=spec.spacing, clip_x0=spec.clip_x0, capture_every=capture_every),
+        timesteps=ddim_timesteps, options=("steps", "eta", "spacing")),
+}
+"""Every sampler by name. Add a sampler by adding an entry (after its function)."""
+
+
+def sample(spec: SamplingSpec, eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array,
+           key: jax.Array, *, capture_every: int = 0):
+  """Runs the chain of `spec.sampler` from x_T (validate `spec` first, outside jit).
+
+  Args:
+    spec: a validated spec (its eta may be traced); its label and guidance
+      are already in `eps_fn` (see `guided_eps_fn` and `SamplingSpec.labels`).
+    eps_fn: (x_t, t [B]) -> eps_hat.
+    schedule: the noise schedule (T must equal spec.num_timesteps).
+    x_T: [B, H, W, C] starting noise.
+    key: PRNG key of the per-step noise.
+    capture_every: see the module docstring.
+
+  Returns:
+    x_0 [B, H, W, C] (unclipped), or (x_0, trajectory) when capture_every > 0.
+  """
+  if schedule.num_timesteps != spec.num_timesteps:
+    raise ValueError(f"the spec is for T={spec.num_timesteps}, the schedule has "
+                     f"T={schedule.num_timesteps}")
+  return spec.rule.run(eps_fn, schedule, x_T, key, spec, capture_every)

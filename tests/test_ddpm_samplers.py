@@ -1,4 +1,6 @@
-"""Samplers: DDIM / ancestral equivalence, Gaussian data, trajectory capture, guidance."""
+"""Samplers: DDIM / ancestral equivalence, Gaussian data, trajectory capture, guidance, the sampling spec."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +122,121 @@ def test_guided_eps_fn():
                              atol=1e-5)
   np.testing.assert_allclose(samplers.guided_eps_fn(model_fn, label, 10, 3.0)(x, t),
                              uncond + 3.0 * (cond - uncond), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# SamplingSpec and the dispatcher.
+
+def test_spec_defaults_validate_and_resolve_steps():
+  spec = samplers.SamplingSpec(num_timesteps=100).validate()
+  assert spec.num_steps == 100 and spec.rule is samplers.SAMPLERS["ancestral"]
+  ddim = dataclasses.replace(spec, sampler="ddim", steps=10, eta=0.5).validate()
+  assert ddim.num_steps == 10 and ddim != spec and hash(ddim) != hash(spec)
+  assert dataclasses.asdict(ddim)["steps"] == 10
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(sampler="euler"), "sampler"),
+    (dict(steps=50), "steps"),                       # only ddim takes steps < T
+    (dict(sampler="deterministic", steps=50), "steps"),
+    (dict(sampler="ddim", steps=101), "steps"),
+    (dict(sampler="ddim", steps=-1), "steps"),
+    (dict(sampler="ddim", steps=2.5), "steps"),
+    (dict(spacing="cubic"), "spacing"),
+    (dict(variance="large"), "variance"),
+    (dict(eta=1.5), "eta"),
+    (dict(eta=float("nan")), "eta"),
+    (dict(clip_x0=1), "clip_x0"),
+    (dict(guidance=2.0), "guidance"),                # no null label
+    (dict(num_classes=10, null_label=True, guidance=-1.0), "guidance"),
+    (dict(num_classes=10, null_label=True, guidance=101.0), "guidance"),
+    (dict(label=3), "label"),                        # unconditional
+    (dict(num_classes=10, label=10), "label"),       # 10 is the null label: needs one
+    (dict(num_classes=10, null_label=True, label=11), "label"),
+    (dict(null_label=True), "null_label"),           # no classes
+    (dict(num_timesteps=0), "num_timesteps"),
+])
+def test_spec_validate_names_the_bad_field(changes, field):
+  spec = dataclasses.replace(samplers.SamplingSpec(num_timesteps=100), **changes)
+  with pytest.raises(samplers.SpecError) as e:
+    spec.validate()
+  assert e.value.field == field and str(e.value).startswith(f"{field}=")
+
+
+def test_spec_accepts_the_edges_of_each_rule():
+  base = samplers.SamplingSpec(num_timesteps=100, num_classes=10, null_label=True)
+  for changes in (dict(steps=100), dict(sampler="ddim", steps=1), dict(sampler="ddim", steps=100),
+                  dict(eta=1.0), dict(guidance=0.0), dict(guidance=100.0), dict(label=0),
+                  dict(label=10), dict(eta=np.float32(0.5)), dict(guidance=jnp.float32(3.0))):
+    dataclasses.replace(base, **changes).validate()
+
+
+def test_spec_labels():
+  assert samplers.SamplingSpec().labels(3) is None
+  cond = samplers.SamplingSpec(num_classes=10)
+  np.testing.assert_array_equal(cond.labels(12), np.arange(12) % 10)
+  np.testing.assert_array_equal(dataclasses.replace(cond, label=3).labels(2), [3, 3])
+
+
+@pytest.mark.parametrize("changes, direct", [
+    (dict(), lambda e, s, x, k: samplers.ancestral_sample(e, s, x, k, clip_x0=True)),
+    (dict(variance="beta_tilde", clip_x0=False),
+     lambda e, s, x, k: samplers.ancestral_sample(e, s, x, k, variance="beta_tilde")),
+    (dict(sampler="deterministic"),
+     lambda e, s, x, k: samplers.ancestral_sample(e, s, x, k, clip_x0=True, deterministic=True)),
+    (dict(sampler="ddim", steps=7, eta=0.3, spacing="quadratic"),
+     lambda e, s, x, k: samplers.ddim_sample(e, s, x, k, num_steps=7, eta=0.3,
+                                             spacing="quadratic", clip_x0=True)),
+    (dict(sampler="ddim"),
+     lambda e, s, x, k: samplers.ddim_sample(e, s, x, k, num_steps=50, clip_x0=True)),
+])
+def test_dispatcher_runs_the_named_sampler(changes, direct):
+  sched = schedules.make_schedule("linear", 50)
+  eps_fn = _nonlinear_eps_fn(sched)
+  spec = dataclasses.replace(samplers.SamplingSpec(num_timesteps=50), **changes).validate()
+  x_T = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+  key = jax.random.key(1)
+  got = jax.jit(lambda x: samplers.sample(spec, eps_fn, sched, x, key))(x_T)
+  want = jax.jit(lambda x: direct(eps_fn, sched, x, key))(x_T)
+  np.testing.assert_array_equal(got, want)
+  final, traj = jax.jit(lambda x: samplers.sample(spec, eps_fn, sched, x, key,
+                                                  capture_every=5))(x_T)
+  np.testing.assert_array_equal(final, want)
+  assert traj.shape == (-(-spec.num_steps // 5),) + x_T.shape
+
+
+def test_dispatcher_refuses_a_schedule_of_another_length():
+  sched = schedules.make_schedule("linear", 50)
+  with pytest.raises(ValueError, match="T=100"):
+    samplers.sample(samplers.SamplingSpec(num_timesteps=100), _nonlinear_eps_fn(sched), sched,
+                    jnp.zeros((1, 2, 2, 1)), jax.random.key(0))
+
+
+def test_spec_is_a_pytree_whose_leaves_are_eta_and_guidance():
+  """A new eta reuses the compiled program; a new step count compiles a new one."""
+  sched = schedules.make_schedule("linear", 20)
+  eps_fn = _nonlinear_eps_fn(sched)
+  x_T = jax.random.normal(jax.random.key(0), (2, 2, 2, 1))
+  traces = []
+
+  @jax.jit
+  def run(spec, x):
+    traces.append(spec.steps)
+    return samplers.sample(spec, eps_fn, sched, x, jax.random.key(1))
+
+  spec = samplers.SamplingSpec(sampler="ddim", steps=5, num_timesteps=20).validate()
+  assert jax.tree.leaves(spec) == [0.0, 1.0]
+  outs = [run(dataclasses.replace(spec, eta=eta), x_T) for eta in (0.0, 0.5, 1.0)]
+  assert traces == [5]
+  assert float(jnp.abs(outs[0] - outs[1]).max()) > 1e-3
+  run(dataclasses.replace(spec, steps=4), x_T)
+  assert traces == [5, 4]
+
+
+def test_every_registered_sampler_has_a_valid_rule():
+  for name, rule in samplers.SAMPLERS.items():
+    spec = samplers.SamplingSpec(sampler=name, num_timesteps=10).validate()
+    assert spec.rule is rule and callable(rule.run)
+    if rule.timesteps is not None:
+      seq = rule.timesteps(10, 4, "uniform")
+      assert len(seq) == 4 and np.all(np.diff(seq) > 0) and 0 <= seq[0] and seq[-1] < 10
