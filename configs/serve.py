@@ -57,7 +57,11 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   c.limits = ml_collections.ConfigDict()
   # Requests are padded to the smallest bucket that holds them (and batched up
   # to the largest): one compiled program per (model, sampler, steps, bucket).
-  c.limits.buckets = (1, 4, 16, 64)    # the largest is the most images per request
+  # A program computes `chunk` images at a time (a loop over bucket / chunk),
+  # each request starting a chunk: an image's bytes depend only on (model,
+  # options, seed, index), never on the bucket or the batch (launch/serve/models.py).
+  c.limits.buckets = (4, 16, 64)       # multiples of chunk; the largest: images per request
+  c.limits.chunk = 4                   # images computed together (0: the smallest bucket)
   c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
   c.limits.max_step_size = 100.0       # EBM Langevin step size
   c.limits.max_guidance = 20.0         # classifier-free guidance scale

@@ -230,9 +230,9 @@ def test_launch_mode_serve_takes_the_server_settings(dn_workdir):
   args = ["launch", "--mode", "serve", "--config",
           f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", "--workdir", str(dn_workdir),
           f"--config.serve.port={port}", "--config.serve.warmup=none",
-          "--config.serve.limits.buckets=(2,)", "--config.serve.log_level=warning"]
+          "--config.serve.limits.buckets=(8,)", "--config.serve.log_level=warning"]
   with _running(args, port, dn_workdir.parent / "mode_serve.log") as url:
     limits = httpx.get(f"{url}/models").json()["limits"]
     r = httpx.post(f"{url}/generate", json={"num_images": 2, "seed": 0}, timeout=120)
-  assert limits["buckets"] == [2] and limits["max_images"] == 2
+  assert limits["buckets"] == [8] and limits["max_images"] == 8
   assert r.status_code == 200 and r.headers["x-num-images"] == "2"

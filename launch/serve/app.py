@@ -10,7 +10,8 @@ with a one-line error), starts listening, and compiles and runs once the
 warm-up programs in the background; `GET /health` answers 503 until they are
 done, then 200.
 
-Endpoints (OpenAPI at /openapi.json, Swagger UI at /docs):
+Endpoints (OpenAPI at /openapi.json; /docs and /redoc render it with the
+package's own static/docs.html: no CDN, works offline):
   GET  /          a page to pick model, class, sampler, steps and seed.
   GET  /health    ready or not, the queue and counters.
   GET  /models    every model: task, dataset, image shape, classes, samplers
@@ -18,6 +19,20 @@ Endpoints (OpenAPI at /openapi.json, Swagger UI at /docs):
   POST /generate  {"model", "num_images", "seed", "sampler", "steps", "eta",
                   "label", "guidance", "step_size", "format"} -> a PNG grid,
                   or JSON with one base64 PNG per image and the grid.
+
+Same seed, same bytes: an image depends only on (model, options, seed,
+index), not on `num_images`, the bucket or the requests batched with it
+(launch/serve/models.py says how, and what it costs).
+
+Connections (launch/serve/connections.py; bounds in `limits`, see
+configs/serve.py): a client must send a request's headers within
+`header_timeout_s` (10 s) of connecting or of its previous answer, and its
+body within `body_timeout_s` (30 s, else 408); idle keep-alive connections
+close after `keep_alive_s` (5 s); at most `max_connections` (2048) are open,
+a new one beyond closing the oldest idle one; at most `max_requests` (256)
+requests are in progress, beyond which the answer is a 503 with Retry-After.
+Idle or slow clients therefore cannot stop /health or /generate answering
+others (1,000 idle sockets from one client are tested).
 
 Requests never name files: a model is one of the names loaded at start.
 Bad input is a 4xx whose JSON body {"detail", "field", "errors"} names the
@@ -61,6 +76,7 @@ from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
 
 _STATIC = pathlib.Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
+                 "docs.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}
 
 
@@ -100,8 +116,10 @@ class ModelDescription(pydantic.BaseModel):
 
 
 class LimitsDescription(pydantic.BaseModel):
+  """What one request may ask for, and the connection bounds (configs/serve.py)."""
   max_images: int
   buckets: list[int]
+  chunk: int
   max_seed: int
   max_guidance: float
   max_step_size: float
@@ -109,6 +127,11 @@ class LimitsDescription(pydantic.BaseModel):
   queue_size: int
   timeout_s: float
   max_body_bytes: int
+  max_connections: int
+  max_requests: int
+  header_timeout_s: float
+  keep_alive_s: float
+  body_timeout_s: float
 
 
 class ModelsResponse(pydantic.BaseModel):
@@ -313,7 +336,10 @@ def _limits_description(batcher: Batcher, request_model) -> LimitsDescription:
       max_images=limits.max_images, buckets=list(limits.buckets), max_seed=MAX_SEED,
       max_guidance=bound("guidance"), max_step_size=bound("step_size"),
       max_langevin_steps=limits.max_langevin_steps, queue_size=limits.queue_size,
-      timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes)
+      timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes, chunk=limits.chunk,
+      max_connections=limits.max_connections, max_requests=limits.max_requests,
+      header_timeout_s=limits.header_timeout_s, keep_alive_s=limits.keep_alive_s,
+      body_timeout_s=limits.body_timeout_s)
 
 
 _ERRORS = {
@@ -356,6 +382,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
   request_model = _request_model(models, batcher.limits)
   static = {name: (_STATIC / name).read_bytes() for name in _STATIC_FILES}
   index_html = (_STATIC / "index.html").read_bytes()
+  docs_html = (_STATIC / "docs.html").read_bytes()
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
@@ -373,7 +400,10 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       version="1.0",
       description=("Samples from trained DDPM diffusion and energy-based models. "
                    "Errors: {detail, field, errors}; 429/503 carry Retry-After."),
-      lifespan=lifespan)
+      lifespan=lifespan,
+      # FastAPI's /docs and /redoc load Swagger UI / ReDoc from a CDN (blank
+      # offline); ours is static/docs.html, which renders /openapi.json.
+      docs_url=None, redoc_url=None)
 
   @app.exception_handler(RequestValidationError)
   async def on_validation_error(request, exc):
@@ -398,6 +428,11 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
   @app.get("/", include_in_schema=False)
   async def index():
     return fastapi.Response(index_html, media_type="text/html; charset=utf-8")
+
+  @app.get("/docs", include_in_schema=False)
+  @app.get("/redoc", include_in_schema=False)
+  async def docs():
+    return fastapi.Response(docs_html, media_type="text/html; charset=utf-8")
 
   @app.get("/static/{name}", include_in_schema=False)
   async def static_file(name: str):
