@@ -355,6 +355,11 @@ def test_random_floats_compile_no_new_program(app, batcher, monkeypatch):
         m.program(static, bucket), np.zeros((bucket, *m.image_shape), np.float32))[1])
   limits = batcher.limits
   rng = np.random.default_rng(0)
+  warm = {m.name: m.compiles for m in batcher.models.values()}
+  defaults = _post_many(app, [{"model": name, "num_images": n} for name in batcher.models
+                              for n in (1, limits.max_images)])  # the warmed-up programs
+  assert [r.status_code for r in defaults] == [200] * len(defaults)
+  assert {m.name: m.compiles for m in batcher.models.values()} == warm
 
   def body(i):
     kind = i % 3

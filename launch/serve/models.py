@@ -373,8 +373,12 @@ class _DDPMSampling(_Sampling):
 
   @staticmethod
   def _static(spec: ddpm_samplers.SamplingSpec, guided: bool) -> tuple:
-    """What selects the program: the spec less its per-image values, and guidance on/off."""
-    return (dataclasses.replace(spec, eta=0.0, guidance=1.0, label=None), guided)
+    """What selects the program: the spec less its per-image values, and guidance on/off.
+
+    steps is made explicit (0 means T) so that both spellings share a program.
+    """
+    return (dataclasses.replace(spec, steps=spec.num_steps, eta=0.0, guidance=1.0, label=None),
+            guided)
 
   def warm_statics(self, which: str) -> list[tuple]:
     guided = self.guidance_ok and self.spec.guidance != 1.0
