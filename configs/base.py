@@ -99,6 +99,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.ckpt_every = 1000
   c.train.keep_ckpts = 3
+  c.train.restore_step = -1            # checkpoint to resume from / load (-1 = the newest); an
+                                       # older N (after a damaged checkpoint) deletes the newer ones
   c.train.sample_every = 0             # 0 = only at the end
   c.train.num_samples = 64
   c.train.steps_per_dispatch = 1       # >1: that many train steps in one compiled scan

@@ -28,8 +28,6 @@ from __future__ import annotations
 import ml_collections
 
 from configs.base import get_base
-from launch.config_errors import ConfigError
-
 _VARIANTS = ("cnn", "smoke")
 
 
@@ -85,7 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg is None or arg == "":
     return c
   if arg not in _VARIANTS:
-    raise ConfigError("arg", arg, allowed=_VARIANTS, reason="unknown config variant")
+    raise ValueError(f"unknown variant {arg!r} of ebm_cifar10 "
+                     f"(allowed: {', '.join(_VARIANTS)})")
   if arg == "cnn":
     c.model.name = "cnn_tutorial"
     c.model.ch = 32

@@ -29,8 +29,6 @@ from __future__ import annotations
 import ml_collections
 
 from configs.base import get_base
-from launch.config_errors import ConfigError
-
 _VARIANTS = ("smoke",)
 
 
@@ -82,7 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg is None or arg == "":
     return c
   if arg not in _VARIANTS:
-    raise ConfigError("arg", arg, allowed=_VARIANTS, reason="unknown config variant")
+    raise ValueError(f"unknown variant {arg!r} of ebm_fashion_mnist "
+                     f"(allowed: {', '.join(_VARIANTS)})")
   # smoke: seconds on CPU, for tests and a first check of the loop.
   c.data.num_examples = 64
   c.model.ch = 8

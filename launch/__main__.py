@@ -8,12 +8,12 @@ Multi-host (TPU VM pods, GPU clusters): add `--multihost` on every host (or
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -109,25 +109,27 @@ def main(argv):
   if _WORKDIR.value is None and not (_MODE.value == "serve" and "models" in config):
     print("error: --workdir is required", file=sys.stderr)
     return 2
+  task = None
   try:
     if not (_MODE.value == "serve" and "models" in config):  # a serve config: launch.serve checks it
-      config_lib.validate(config)
+      task = config_lib.validate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   _setup_jax()
   module_name, fn_name = MODES[_MODE.value].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
+  # The modes that take it get the task `validate` built, so it is built once.
+  kwargs = {"task": task} if "task" in inspect.signature(fn).parameters else {}
   try:
-    fn(config, _WORKDIR.value)
+    fn(config, _WORKDIR.value, **kwargs)
   except Exception as e:  # a clear one-line reason for the errors users cause
     from launch.checkpoint import CheckpointError
     from launch.data import DatasetNotFoundError
     from launch.train import TrainingDiverged
     if isinstance(e, (CheckpointError, DatasetNotFoundError, TrainingDiverged, ConfigError,
                       FileNotFoundError)):
-      logging.error("%s", e)
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {e}", file=sys.stderr)  # once: no absl copy of the same line
       return 1
     raise
   return 0

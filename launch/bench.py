@@ -73,6 +73,7 @@ from launch import config as config_lib
 from launch import sharding
 from launch import tasks
 from launch import train as train_lib
+from launch import workdir as workdir_lib
 from launch.config_errors import ConfigError, check_range
 
 _DTYPES = ("float32", "bfloat16")
@@ -363,8 +364,8 @@ def _train_batch(run, batch: int, rng: np.random.Generator) -> dict[str, jax.Arr
 def _bench_train(config, bs: BenchSettings, peaks: dict[str, float], tag: str = ""
                  ) -> list[dict[str, Any]]:
   """The task's train step (a CD step for the EBM) at the bench batch."""
-  run = train_lib.prepare(config)
-  state = train_lib.init_state(run)
+  run = workdir_lib.prepare(config)
+  state = workdir_lib.init_state(run)
   fn = train_lib.make_train_fn(run.task, run.state_shardings, run.batch_sharding, 1)
   batch = _train_batch(run, bs.batch_size, np.random.default_rng(0))
   nd = run.mesh.devices.size
@@ -408,12 +409,12 @@ def _energy_grad_flops(run, batch: int) -> float | None:
 def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
                          ) -> list[dict[str, Any]]:
   """Forward pass, ancestral chain and DDIM chain at bench.sample_batch."""
-  run = train_lib.prepare(config)
+  run = workdir_lib.prepare(config)
   task, mesh = run.task, run.mesh
   batch = bs.sample_batch
   nd = mesh.devices.size
   repl, data = sharding.replicated(mesh), run.batch_sharding
-  params = train_lib.init_state(run).params
+  params = workdir_lib.init_state(run).params
   rng = np.random.default_rng(2)
   shape = (batch, *task.image_shape)
   noise = _sharded(data, rng.standard_normal(shape).astype(np.float32))
@@ -471,12 +472,12 @@ def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
 def _bench_langevin(config, bs: BenchSettings, peaks: dict[str, float], tag: str = ""
                     ) -> list[dict[str, Any]]:
   """The training Langevin chain and one energy gradient at the bench batch."""
-  run = train_lib.prepare(config)
+  run = workdir_lib.prepare(config)
   task, mesh = run.task, run.mesh
   batch = bs.batch_size
   nd = mesh.devices.size
   repl, data = sharding.replicated(mesh), run.batch_sharding
-  params = train_lib.init_state(run).params
+  params = workdir_lib.init_state(run).params
   chain_settings = task.settings.langevin
   steps = chain_settings.num_steps
   x0 = _uniform(np.random.default_rng(4), (batch, *task.image_shape), data)

@@ -86,6 +86,10 @@ class Checkpointer:
       raise CheckpointError(f"config of checkpoint {self.directory / str(step)} is unreadable "
                             f"({type(e).__name__}: {e})") from e
 
+  def delete(self, step: int) -> None:
+    """Deletes checkpoint `step` (resuming from an older one: see launch.workdir)."""
+    self._manager.delete(step)
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

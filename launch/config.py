@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-from launch.config_errors import ConfigError
+from launch.config_errors import ConfigError, check_int
 
 
 class UnknownConfigKeyError(ConfigError):
@@ -103,16 +103,23 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     raise ConfigError(key, value, reason=f"expected {type(old).__name__} ({e})") from None
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Validates everything before anything is built (ConfigError naming the key)."""
+def validate(config: ml_collections.ConfigDict):
+  """Validates everything before anything is built (ConfigError naming the key).
+
+  Returns:
+    The task the config builds (each task validates the keys it reads), so
+    that the mode given the config does not build it again.
+  """
   from launch import data
   from launch import tasks
   data.validate(config.data)
-  tasks.build(config)  # each task validates the keys it reads
+  task = tasks.build(config)
   for key in ("train.steps", "train.batch_size", "train.keep_ckpts", "train.steps_per_dispatch"):
-    _check_positive_int(config, key)
+    check_int(key, _get(config, key), 1)
   for key in ("train.log_every", "train.ckpt_every", "train.sample_every", "train.num_samples"):
-    _check_nonneg_int(config, key)
+    check_int(key, _get(config, key), 0)
+  if "restore_step" in config.train:
+    check_int("train.restore_step", config.train.restore_step, -1)
   if not isinstance(config.train.time_budget_s, (int, float)) or config.train.time_budget_s < 0:
     raise ConfigError("train.time_budget_s", config.train.time_budget_s,
                       allowed="seconds >= 0 (0 = no budget)")
@@ -124,6 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError("guard.lr_factor", config.guard.lr_factor, allowed="a value in (0, 1)")
     if config.guard.bound <= 0:
       raise ConfigError("guard.bound", config.guard.bound, allowed="a positive number")
+  return task
 
 
 def _get(config, key):
@@ -131,18 +139,6 @@ def _get(config, key):
   for part in key.split("."):
     node = node[part]
   return node
-
-
-def _check_positive_int(config, key):
-  value = _get(config, key)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ConfigError(key, value, allowed="an integer >= 1")
-
-
-def _check_nonneg_int(config, key):
-  value = _get(config, key)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ConfigError(key, value, allowed="an integer >= 0")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

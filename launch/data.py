@@ -74,6 +74,14 @@ class _Spec:
   # sha256 of the decompressed upstream IDX files; empty = no IDX path.
   idx_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
   default_manual_dir: str = ""                # "" = none
+  class_names: tuple[str, ...] = ()           # num_classes names, for figures
+
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
 
 
 _SPECS = {
@@ -90,7 +98,7 @@ _SPECS = {
             "t10k-labels-idx1-ubyte":
                 "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
-        default_manual_dir=DEBIAN_FASHION_MNIST_DIR),
+        default_manual_dir=DEBIAN_FASHION_MNIST_DIR, class_names=FASHION_MNIST_CLASSES),
     "mnist": _Spec(
         name="mnist", image_shape=(28, 28, 1), num_classes=10,
         split_sizes={"train": 60_000, "test": 10_000},
@@ -103,10 +111,10 @@ _SPECS = {
                 "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
             "t10k-labels-idx1-ubyte":
                 "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        }),
+        }, class_names=MNIST_CLASSES),
     "cifar10": _Spec(
         name="cifar10", image_shape=(32, 32, 3), num_classes=10,
-        split_sizes={"train": 50_000, "test": 10_000}),
+        split_sizes={"train": 50_000, "test": 10_000}, class_names=CIFAR10_CLASSES),
 }
 NAMES = tuple(_SPECS)
 MNIST_FAMILY = tuple(name for name, spec in _SPECS.items() if spec.idx_sha256)
@@ -166,6 +174,24 @@ def validate(data_config) -> None:
     value = getattr(data_config, key)
     if not isinstance(value, (str, os.PathLike)):
       raise ConfigError(f"data.{key}", value, allowed='a directory path, or "" for the default')
+
+
+def image_shape(data_config) -> tuple[int, int, int]:
+  """(H, W, C) of the batches `config.data` yields (after padding), without reading files.
+
+  Raises:
+    ConfigError: an unknown data.name or a bad data.pad_to_32.
+  """
+  name = check_choice("data.name", data_config.name, NAMES)
+  pad = data_config.pad_to_32
+  if not isinstance(pad, (bool, np.bool_)):
+    raise ConfigError("data.pad_to_32", pad, allowed=(True, False))
+  return _image_shape(_SPECS[name], bool(pad))
+
+
+def class_names(name: str) -> tuple[str, ...]:
+  """The class names of dataset `name` (config.data.name), label order."""
+  return _SPECS[check_choice("data.name", name, NAMES)].class_names
 
 
 def _is_int(value: Any) -> bool:

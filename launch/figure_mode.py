@@ -39,21 +39,11 @@ from etils import epath
 from ddpm import schedules
 from launch import data as data_lib
 from launch import figures
-from launch import sample as sample_lib
+from launch import workdir as workdir_lib
 from launch import writers
 
 _FIGURE_STREAM = 0x464947   # fold_in tag of the figures' sampling key
 NUM_ROWS = 10
-
-
-def _one_device(tree):
-  # The state is replicated over the mesh; sampling it there would run the
-  # same chain on every device.
-  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
-
-
-def _params(config, state):
-  return _one_device(state.ema_params if config.sample.use_ema else state.params)
 
 
 def _labels(task, num: int, label: int | None = None):
@@ -110,7 +100,7 @@ def _sample_rows(task, params, key, options: dict, noise, labels):
 
 def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object]]:
   task = run.task
-  params = _params(config, state)
+  params = task.sample_params(state)
   t_max = task.schedule.num_timesteps
   k_fwd, k_batch, k_traj, k_init, k_grid = jax.random.split(key, 5)
   x0 = next(data_lib.eval_batches(config.data, config.data.split, 16))["image"]
@@ -130,7 +120,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
                              jax.random.normal(k_eps, x0.shape))
   yield "noisy_batch", figures.noisy_batch_figure(_host(noisy), (_host(t_code) + 1).tolist())
 
-  options = {k: v for k, v in task.sample_options(config).items() if k != "label"}
+  options = {k: v for k, v in task.sample_options().items() if k != "label"}
 
   # 3. Trajectories of the full ancestral chain, captured inside the compiled sampler.
   ancestral = dict(options, sampler="ancestral", steps=0)
@@ -148,7 +138,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
   else:
     stochastic = ancestral
     deterministic = dict(options, sampler="ddim", steps=0, eta=0.0)
-  label = None if config.sample.label == -1 else int(config.sample.label)
+  label = task.spec.label
   fixed_labels = _labels(task, NUM_ROWS, label if label is not None else 0)
   k_s, k_d = jax.random.split(k_init)
   samples_s = _sample_rows(task, params, k_s, stochastic, x_T, fixed_labels)[0]
@@ -164,7 +154,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
     for c, k in enumerate(jax.random.split(k_grid, task.num_classes)):
       noise = jax.random.normal(k, (NUM_ROWS,) + tuple(task.image_shape))
       rows.append(_sample_rows(task, params, k, options, noise, _labels(task, NUM_ROWS, c))[0])
-    names = figures.CLASS_NAMES.get(config.data.name, [str(i) for i in range(task.num_classes)])
+    names = data_lib.class_names(config.data.name)
     title = f"Class-conditional samples ({_describe(options, t_max)}"
     title += f", guidance {options['guidance']:g})" if task.null_label else ")"
     yield "class_grid", figures.class_grid_figure(np.stack(rows), names, title=title)
@@ -180,25 +170,24 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
 
 
 def _denoiser_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object]]:
-  from launch.eval import evaluate
   task = run.task
   noise = jax.random.normal(key, (NUM_ROWS,) + tuple(task.image_shape))
-  blots = task.sample(_params(config, state), key, NUM_ROWS, noise=noise,
+  blots = task.sample(task.sample_params(state), key, NUM_ROWS, noise=noise,
                       label=_labels(task, NUM_ROWS))
   ddpm, title = None, "One-step 50/50 denoiser fed pure noise: ink blots"
   if config.eval.ddpm_workdir:
-    ddpm_config = evaluate.load_workdir_config(config.eval.ddpm_workdir)
+    ddpm_config = workdir_lib.load_config(config.eval.ddpm_workdir)
     if ddpm_config.task != "ddpm":
       raise ValueError(f"config.eval.ddpm_workdir={config.eval.ddpm_workdir!r} holds a "
                        f"{ddpm_config.task!r} run, not a DDPM")
-    ddpm_run, ddpm_state = sample_lib.load_trained(ddpm_config, config.eval.ddpm_workdir)
+    ddpm_run, ddpm_state = workdir_lib.load_trained(config.eval.ddpm_workdir, ddpm_config,
+                                                    device=jax.local_devices()[0])
     if tuple(ddpm_run.task.image_shape) != tuple(task.image_shape):
       raise ValueError(f"config.eval.ddpm_workdir={config.eval.ddpm_workdir!r} makes images "
                        f"of shape {ddpm_run.task.image_shape}, the denoiser {task.image_shape}")
-    options = {k: v for k, v in ddpm_run.task.sample_options(ddpm_config).items()
-               if k != "label"}
-    ddpm = _sample_rows(ddpm_run.task, _params(ddpm_config, ddpm_state), key, options, noise,
-                        _labels(ddpm_run.task, NUM_ROWS))[0]
+    options = {k: v for k, v in ddpm_run.task.sample_options().items() if k != "label"}
+    ddpm = _sample_rows(ddpm_run.task, ddpm_run.task.sample_params(ddpm_state), key, options,
+                        noise, _labels(ddpm_run.task, NUM_ROWS))[0]
     sampler = _describe(options, ddpm_run.task.schedule.num_timesteps)
     title = f"One-step denoiser vs DDPM ({sampler}), same noise"
   yield "ink_blots", figures.ink_blot_figure(_host(blots), ddpm, noise=_host(noise), title=title)
@@ -214,8 +203,8 @@ def _denoiser_figures(config, workdir, run, state, key) -> Iterator[tuple[str, o
 
 def _ebm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object]]:
   task = run.task
-  steps = int(task.sample_options(config)["steps"])
-  params = _one_device(task.sample_params(state))
+  steps = int(task.sample_options()["steps"])
+  params = task.sample_params(state)
   _, chain = task.sample(params, key, NUM_ROWS, steps=steps, capture_every=1)
   chain = _host(chain)   # [steps + 1, N, H, W, C], entry 0 the uniform noise
   idx = np.unique(np.linspace(0, steps, NUM_ROWS).round().astype(int))
@@ -238,7 +227,7 @@ def _ebm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object
 
 def _classifier_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object]]:
   del key
-  task, params = run.task, _params(config, state)
+  task, params = run.task, run.task.sample_params(state)
   curve = _training_curve(workdir, ("loss", "accuracy"), ylabel="loss / accuracy",
                           title="Classifier training")
   if curve is not None:
@@ -248,7 +237,7 @@ def _classifier_figures(config, workdir, run, state, key) -> Iterator[tuple[str,
   matrix = np.zeros((k, k), np.int64)
   for batch in data_lib.eval_batches(config.data, config.data.eval_split, 500):
     np.add.at(matrix, (batch["label"], _host(predict(params, batch["image"]))), 1)
-  names = figures.CLASS_NAMES.get(config.data.name, [str(i) for i in range(k)])
+  names = data_lib.class_names(config.data.name)
   accuracy = np.trace(matrix) / max(matrix.sum(), 1)
   yield "confusion_matrix", figures.confusion_matrix_figure(
       matrix, names, title=f"Confusion matrix, {config.data.eval_split} split "
@@ -259,7 +248,7 @@ _MAKERS = {"ddpm": _ddpm_figures, "denoiser": _denoiser_figures, "ebm": _ebm_fig
            "classifier": _classifier_figures}
 
 
-def figures_workdir(config, workdir: str) -> list[epath.Path]:
+def figures_workdir(config, workdir: str, task=None) -> list[epath.Path]:
   """Draws the figures of the newest checkpoint of `workdir` into WORKDIR/figures/.
 
   Returns:
@@ -267,7 +256,7 @@ def figures_workdir(config, workdir: str) -> list[epath.Path]:
   """
   if config.task not in _MAKERS:
     raise ValueError(f"--mode figures knows tasks {sorted(_MAKERS)}, not {config.task!r}")
-  run, state = sample_lib.load_trained(config, workdir)
+  run, state = workdir_lib.load_trained(workdir, config, task, device=jax.local_devices()[0])
   key = jax.random.fold_in(run.keys["sample"], _FIGURE_STREAM)
   out = epath.Path(workdir) / "figures"
   written = []

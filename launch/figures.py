@@ -24,14 +24,12 @@ from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
 
-MNIST_CLASSES = tuple(str(i) for i in range(10))
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-# By the dataset names of `config.data.name`.
-CLASS_NAMES = {"mnist": MNIST_CLASSES, "fashion_mnist": FASHION_MNIST_CLASSES,
-               "cifar10": CIFAR10_CLASSES}
+from launch import data as data_lib
+from launch.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES  # noqa: F401
+
+# By the dataset names of `config.data.name` (the names live in the dataset specs).
+CLASS_NAMES = {name: data_lib.class_names(name) for name in data_lib.NAMES}
+
 
 _INCH_PER_TILE = 0.8  # figure inches per image tile of a grid
 

@@ -1,47 +1,57 @@
 """`--mode sample`: N samples from a trained workdir (PNG grid + .npz of uint8).
 
-Sampler options come from the config's `sample` section, so any of them can
-be given as flags: `--config.sample.sampler=ddim --config.sample.steps=50`.
+Sampler options come from the config's `sample` section (the task builds its
+sampling spec from it), so any of them can be given as flags:
+`--config.sample.sampler=ddim --config.sample.steps=50`.
 Writes `WORKDIR/samples/sample_<step>_<tag>.{png,npz}`.
 """
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import jax
 import numpy as np
 from absl import logging
 from etils import epath
 
-from launch import checkpoint as checkpoint_lib
-from launch import train as train_lib
+from launch import tasks
+from launch.config_errors import ConfigError
+from launch import workdir as workdir_lib
 
 
-def load_trained(config, workdir: str):
-  """(task, state) of the newest checkpoint in `workdir`."""
-  run = train_lib.prepare(config)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise checkpoint_lib.CheckpointError(
-          f"no checkpoint in {ckpt.directory}: train first with --mode train")
-    state, _ = train_lib.restore_or_init(run, ckpt)
-  finally:
-    ckpt.close()
-  return run, state
+@functools.lru_cache(maxsize=8)
+def _compiled_sampler(task, num: int) -> Callable:
+  return jax.jit(functools.partial(task.sample, num=num))
 
 
-def sample_to_workdir(config, workdir: str) -> epath.Path:
+def sample_images(task, params, key, num: int) -> np.ndarray:
+  """`num` images with the task's own sampling options; float [num, H, W, C] on the host."""
+  out = _compiled_sampler(task, num)(params, key)
+  images = out[0] if isinstance(out, tuple) else out
+  return np.asarray(jax.device_get(images))
+
+
+def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
+  """Writes config.sample.num samples of the workdir's newest checkpoint; returns the stem.
+
+  Raises:
+    CheckpointError: (one line) the workdir has no or a damaged checkpoint;
+      nothing is created in it.
+  """
   from launch import figures
-  run, state = load_trained(config, workdir)
-  if run.task.sample is None:
-    raise ValueError(f"task {config.task!r} does not generate images")
-  params = state.ema_params if config.sample.use_ema else state.params
-  options = run.task.sample_options(config)
+  task = tasks.build(config) if task is None else task
+  if task.sample is None:  # before anything is read
+    raise ConfigError("task", config.task, reason="--mode sample needs a task that generates "
+                      "images")
+  run, state = workdir_lib.load_trained(workdir, config, task, device=jax.local_devices()[0])
+  params = run.task.sample_params(state)
+  options = run.task.sample_options()
   key = jax.random.fold_in(run.keys["sample"], config.seed)
   images = []
   for start in range(0, config.sample.num, config.sample.batch_size):
     num = min(config.sample.batch_size, config.sample.num - start)
-    images.append(train_lib.sample_images(run.task, params, jax.random.fold_in(key, start),
-                                          num, options))
+    images.append(sample_images(run.task, params, jax.random.fold_in(key, start), num))
   uint8 = figures.to_uint8(np.concatenate(images))
   step = int(state.step)
   tag = "_".join(f"{k}-{v}" for k, v in sorted(options.items()) if v is not None)

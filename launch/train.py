@@ -18,8 +18,6 @@ Workdir contract:
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import signal
 import threading
 import time
@@ -31,63 +29,16 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
+from launch import sample as sample_lib
 from launch import sharding
-from launch import tasks
+from launch import workdir as workdir_lib
 from launch import writers
 
 
 class TrainingDiverged(RuntimeError):
   """The loss or a guarded metric became non-finite or exceeded its bound."""
-
-
-@dataclasses.dataclass
-class _Run:
-  """What the loop needs about a prepared run (returned for tools and tests)."""
-  task: Any
-  mesh: jax.sharding.Mesh
-  state_shardings: Any
-  abstract_state: Any
-  batch_sharding: jax.sharding.NamedSharding
-  keys: dict[str, jax.Array]
-
-
-def _keys(seed: int) -> dict[str, jax.Array]:
-  root = jax.random.key(seed)
-  init, train, sample = jax.random.split(root, 3)
-  return {"init": init, "train": train, "sample": sample}
-
-
-def example_batch(task, batch_size: int = 1) -> dict[str, np.ndarray]:
-  return {"image": np.zeros((batch_size, *task.image_shape), np.float32),
-          "label": np.zeros((batch_size,), np.int32)}
-
-
-def prepare(config) -> _Run:
-  """Builds the task, the mesh and the abstract state (no parameters yet)."""
-  task = tasks.build(config)
-  mesh = sharding.make_mesh(config.mesh.data_axis)
-  keys = _keys(config.seed)
-  abstract = jax.eval_shape(task.init_state, keys["init"], example_batch(task))
-  repl = sharding.replicated(mesh)
-  state_shardings = jax.tree.map(lambda _: repl, abstract)
-  return _Run(task=task, mesh=mesh, state_shardings=state_shardings, abstract_state=abstract,
-              batch_sharding=sharding.data_sharded(mesh), keys=keys)
-
-
-def init_state(run: _Run):
-  return jax.jit(run.task.init_state, out_shardings=run.state_shardings)(
-      run.keys["init"], example_batch(run.task))
-
-
-def restore_or_init(run: _Run, ckpt: checkpoint_lib.Checkpointer) -> tuple[Any, dict]:
-  """The newest complete checkpoint's state and loop metadata, or a fresh state."""
-  if ckpt.latest_step() is None:
-    return init_state(run), {"restarts": 0}
-  target = checkpoint_lib.abstract_with_shardings(run.abstract_state, run.state_shardings)
-  return ckpt.restore(target)
 
 
 def make_train_fn(task, state_shardings, batch_sharding, steps_per_dispatch: int) -> Callable:
@@ -153,31 +104,17 @@ def _first_bad_step(history: list[tuple[int, dict[str, np.ndarray]]], guard) -> 
   return None
 
 
-def _sample_grid(run: _Run, config, state, workdir: epath.Path, step: int) -> None:
+def _sample_grid(run: workdir_lib.Run, config, state, workdir: epath.Path, step: int) -> None:
   from launch import figures
   if run.task.sample is None or not config.train.num_samples:
     return
-  params = run.task.sample_params(state)
-  images = sample_images(run.task, params, run.keys["sample"], config.train.num_samples,
-                         run.task.sample_options(config))
+  images = sample_lib.sample_images(run.task, run.task.sample_params(state), run.keys["sample"],
+                                    config.train.num_samples)
   if jax.process_index() == 0:
     grid = figures.image_grid(figures.to_uint8(images), nrow=int(np.ceil(np.sqrt(len(images)))))
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     figures.save_png(grid, out / f"step_{step}.png")
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled_sampler(task, num: int, options: tuple) -> Callable:
-  return jax.jit(functools.partial(task.sample, num=num, **dict(options)))
-
-
-def sample_images(task, params, key, num: int, options: dict) -> np.ndarray:
-  """Runs the task's compiled sampler; returns float images [num, H, W, C] on the host."""
-  fn = _compiled_sampler(task, num, tuple(sorted(options.items())))
-  out = fn(params, key)
-  images = out[0] if isinstance(out, tuple) else out
-  return np.asarray(jax.device_get(images))
 
 
 def _loss_curve(workdir: epath.Path) -> None:
@@ -195,8 +132,12 @@ def _loss_curve(workdir: epath.Path) -> None:
     figures.save_figure(fig, workdir / "figures" / "loss_curve.png")
 
 
-def train_and_evaluate(config, workdir: str) -> Any:
+def train_and_evaluate(config, workdir: str, task=None) -> Any:
   """Trains `config` in `workdir`, resuming from its newest checkpoint.
+
+  `task` is the one `config_lib.validate(config)` built (built here if None).
+  With config.train.restore_step = N >= 0 it resumes from checkpoint N and
+  deletes the newer checkpoints (the way out of a damaged one).
 
   Returns:
     The final `TrainState` (replicated over the mesh).
@@ -208,7 +149,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
   """
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  run = prepare(config)
+  run = workdir_lib.prepare(config, task)
   task, mesh = run.task, run.mesh
   total = config.train.steps
   k = config.train.steps_per_dispatch
@@ -220,12 +161,21 @@ def train_and_evaluate(config, workdir: str) -> Any:
     raise ValueError(f"data gives images of shape {source.info.image_shape} but the task "
                      f"expects {task.image_shape}; check config.data.pad_to_32")
 
+  ckpt = workdir_lib.checkpointer(workdir, keep=config.train.keep_ckpts)
+  try:
+    restore_from = workdir_lib.restore_step(config)
+    state, meta = workdir_lib.restore_or_init(run, ckpt, restore_from)
+  except BaseException:
+    ckpt.close()  # its background threads would otherwise die noisily at exit
+    raise
+  if restore_from is not None:
+    for newer in (s for s in ckpt.all_steps() if s > restore_from):
+      logging.warning("Resuming from step %d: deleting the newer checkpoint %d.",
+                      restore_from, newer)
+      ckpt.delete(newer)
   config_json = config_lib.to_json(config)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0:  # only now: a failed restore leaves the workdir as it was
     (workdir / "config.json").write_text(config_json)
-
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.train.keep_ckpts)
-  state, meta = restore_or_init(run, ckpt)
   restarts = int(meta.get("restarts", 0))
   step = int(jax.device_get(state.step))
   if step:
@@ -286,7 +236,7 @@ def train_and_evaluate(config, workdir: str) -> Any:
                           last_good if last_good is not None else "0 (initial state)",
                           config.guard.lr_factor, restarts, config.guard.max_restarts)
           ckpt.wait()
-          state, _ = restore_or_init(run, ckpt)
+          state, _ = workdir_lib.restore_or_init(run, ckpt)
           # lr_factor ** restarts: each restart lowers the rate further, also
           # when it restores the same checkpoint as the previous one did.
           state = state.replace(lr_scale=jnp.asarray(config.guard.lr_factor ** restarts,

@@ -21,6 +21,7 @@ from launch import data as data_lib
 from launch.eval import evaluate
 from launch.eval import inception
 from launch import train as train_lib
+from launch import workdir as workdir_lib
 from launch import writers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,11 +45,11 @@ def _untrained(tmp_path_factory, spec, metrics, **overrides):
   """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
   workdir = tmp_path_factory.mktemp(spec.split(".")[0])
   config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  run = train_lib.prepare(config)
+  run = workdir_lib.prepare(config)
   config_json = config_lib.to_json(config)
   (workdir / "config.json").write_text(config_json)
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, train_lib.init_state(run), config_json, force=True)
+  ckpt.save(0, workdir_lib.init_state(run), config_json, force=True)
   ckpt.close()
   writer = writers.MetricWriter(workdir)
   for step in (1, 2):
@@ -78,7 +79,7 @@ def _check_records(records, workdir):
 def test_classifier_accuracy_and_real_data_floor(classifier):
   config, workdir, state = classifier
   records = evaluate.evaluate_workdir(config, str(workdir))
-  task = train_lib.prepare(config).task
+  task = workdir_lib.prepare(config).task
   images, labels = data_lib.load_arrays(config.data, "test")
   logits = task.apply(jax.device_get(state.ema_params),
                       data_lib.preprocess(images, config.data))[1]
@@ -149,7 +150,7 @@ def test_npz_of_the_test_split_scores_zero(tmp_path, classifier):
   assert records["fd_fmnist"]["num_samples"] == MOCK_EXAMPLES
   assert sum(records["class_histogram"]["counts"]) == MOCK_EXAMPLES
   assert records["class_accuracy"]["value"] == pytest.approx(float(np.mean(
-      np.argmax(train_lib.prepare(config).task.apply(
+      np.argmax(workdir_lib.prepare(config).task.apply(
           jax.device_get(classifier[2].ema_params),
           data_lib.preprocess(images, config.data))[1], -1) == labels)))
   # The command line, on the first half as [N, H, W] without labels.

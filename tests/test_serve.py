@@ -33,7 +33,7 @@ from launch import config as config_lib
 from launch.serve import app as serve
 from launch.serve import models as serve_models
 from launch.serve import queue as serve_queue
-from launch import train as train_lib
+from launch import workdir as workdir_lib
 from launch.config_errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,8 +51,8 @@ _SHARED: dict[str, object] = {}
 def write_workdir(spec: str, workdir: pathlib.Path) -> pathlib.Path:
   """A workdir with a checkpoint of `spec`'s initial state, as the loop writes it."""
   config = config_lib.load(spec)
-  run = train_lib.prepare(config)
-  state = train_lib.init_state(run)
+  run = workdir_lib.prepare(config)
+  state = workdir_lib.init_state(run)
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
   try:
     ckpt.save(1, state, config_lib.to_json(config), force=True)

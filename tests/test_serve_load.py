@@ -25,7 +25,7 @@ import pytest
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch.serve import load as serve_load
-from launch import train as train_lib
+from launch import workdir as workdir_lib
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,8 @@ def _free_port() -> int:
 def _write_workdir(workdir: pathlib.Path) -> None:
   config = config_lib.load(f"{ROOT}/configs/ddpm_fashion_mnist.py",
                            {"sample.sampler": "ddim", "sample.steps": 50})
-  run = train_lib.prepare(config)
-  state = train_lib.init_state(run)
+  run = workdir_lib.prepare(config)
+  state = workdir_lib.init_state(run)
   ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
   try:
     ckpt.save(1, state, config_lib.to_json(config), force=True)

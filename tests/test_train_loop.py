@@ -19,6 +19,7 @@ from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import sharding
 from launch import train as train_lib
+from launch import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLASSIFIER = f"{ROOT}/configs/classifier_fashion_mnist.py:smoke"
@@ -50,8 +51,8 @@ def _assert_trees_equal(a, b, rtol=0.0, atol=0.0):
 def test_sharded_step_equals_single_device_step():
   assert jax.device_count() >= 2
   config = _config()
-  run = train_lib.prepare(config)
-  state = train_lib.init_state(run)
+  run = workdir_lib.prepare(config)
+  state = workdir_lib.init_state(run)
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (8, *run.task.image_shape)).astype(np.float32),
            "label": rng.integers(0, 10, 8).astype(np.int32)}
@@ -80,14 +81,14 @@ def test_steps_per_dispatch_scan_equals_one_step_at_a_time(tmp_path):
 
 def test_checkpoint_round_trip(tmp_path):
   config = _config()
-  run = train_lib.prepare(config)
-  state = train_lib.init_state(run)
+  run = workdir_lib.prepare(config)
+  state = workdir_lib.init_state(run)
   state = state.replace(step=jnp.asarray(7, jnp.int32), lr_scale=jnp.asarray(0.25))
   ckpt = checkpoint_lib.Checkpointer(tmp_path, async_save=False)
   ckpt.save(7, state, config_lib.to_json(config), restarts=2)
   ckpt.close()
   ckpt = checkpoint_lib.Checkpointer(tmp_path)
-  restored, meta = train_lib.restore_or_init(run, ckpt)
+  restored, meta = workdir_lib.restore_or_init(run, ckpt)
   assert meta == {"restarts": 2}
   _assert_trees_equal(jax.device_get(state), jax.device_get(restored))
   saved_config = ckpt.restore_config()
@@ -145,7 +146,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
   with pytest.raises(train_lib.TrainingDiverged, match=r"diverged at step \d+: (loss|grad_norm)"):
     train_lib.train_and_evaluate(config, tmp_path)
   ckpt = checkpoint_lib.Checkpointer(tmp_path)
-  run = train_lib.prepare(config)
+  run = workdir_lib.prepare(config)
   target = checkpoint_lib.abstract_with_shardings(run.abstract_state, run.state_shardings)
   for step in ckpt.all_steps():  # every kept checkpoint is finite
     state, _ = ckpt.restore(target, step)
@@ -195,7 +196,7 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_files(tmp_path):
 
 def test_padded_data_flows_to_the_task(tmp_path):
   config = _config(train__steps=2, data__pad_to_32=True)
-  assert train_lib.prepare(config).task.image_shape == (32, 32, 1)
+  assert workdir_lib.prepare(config).task.image_shape == (32, 32, 1)
   state = train_lib.train_and_evaluate(config, tmp_path)
   assert int(state.step) == 2
 
@@ -231,10 +232,10 @@ def _launch(workdir, *flags, devices=2):
 
 def _params_from_workdir(workdir, steps):
   config = _config(train__steps=steps)
-  run = train_lib.prepare(config)
+  run = workdir_lib.prepare(config)
   ckpt = checkpoint_lib.Checkpointer(workdir)
   assert ckpt.latest_step() == steps
-  state, _ = train_lib.restore_or_init(run, ckpt)
+  state, _ = workdir_lib.restore_or_init(run, ckpt)
   ckpt.close()
   return _params(state)
 

@@ -57,11 +57,11 @@ from absl import logging
 from etils import epath
 
 from launch import checkpoint as checkpoint_lib
-from launch import config as config_lib
 from launch import data as data_lib
 from launch import figures
 from launch.eval import frechet
-from launch import sample as sample_lib
+from launch import tasks
+from launch import workdir as workdir_lib
 
 # The comparison sampler of every DDPM evaluation (steps capped at T).
 PINNED_SAMPLER = {"sampler": "ddim", "steps": 100, "eta": 0.0, "clip_x0": True,
@@ -86,48 +86,6 @@ def missing_classifier_message(workdir: str | None) -> str:
   return (f"FD-fmnist and the class metrics need the trained Fashion-MNIST classifier, but "
           f"{where}. Train it once (a few minutes on CPU) with\n  {CLASSIFIER_COMMAND}\n"
           f"then pass --config.eval.classifier_workdir=runs/classifier_fashion_mnist")
-
-
-# ----------------------------------------------------------------------------
-# Workdir configs.
-
-
-def _with_base_defaults(d: dict) -> dict:
-  """`d` with the keys it lacks (configs older than the code) taken from the base config."""
-  try:
-    from configs import base  # pylint: disable=g-import-not-at-top
-  except ImportError:  # launch/ used without the repository's configs/
-    return d
-
-  def merge(default, given):
-    if not isinstance(default, dict) or not isinstance(given, dict):
-      return given
-    out = dict(default)
-    for k, v in given.items():
-      out[k] = merge(default.get(k), v)
-    return out
-
-  return merge(base.get_base().to_dict(), d)
-
-
-def load_workdir_config(workdir: str | os.PathLike):
-  """The resolved config a workdir was trained with (config.json, else its checkpoint).
-
-  Keys added to the code since the run started get the base config's defaults.
-  """
-  workdir = epath.Path(workdir)
-  path = workdir / "config.json"
-  if path.exists():
-    d = json.loads(path.read_text())
-  elif (workdir / "checkpoints").exists():
-    ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-    try:
-      d = ckpt.restore_config()
-    finally:
-      ckpt.close()
-  else:
-    raise checkpoint_lib.CheckpointError(f"{workdir} holds neither config.json nor checkpoints")
-  return config_lib.from_dict(_with_base_defaults(d))
 
 
 def _data(data_config, **changes) -> types.SimpleNamespace:
@@ -211,15 +169,10 @@ class Classifier:
     return np.concatenate(feats), np.concatenate(logits)
 
 
-def _one_device(tree):
-  # The state is replicated over the mesh; computing with it there would run
-  # the same program on every device.
-  return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
-
-
 def classifier_from_state(config, workdir: str, task, state) -> Classifier:
-  params = _one_device(state.ema_params if config.sample.use_ema else state.params)
-  return Classifier(str(workdir), config, task, params, int(jax.device_get(state.step)))
+  """The Classifier of a state restored on one device (`task.sample_params` picks the weights)."""
+  return Classifier(str(workdir), config, task, task.sample_params(state),
+                    int(jax.device_get(state.step)))
 
 
 def load_classifier(workdir: str | os.PathLike | None) -> Classifier:
@@ -231,12 +184,12 @@ def load_classifier(workdir: str | os.PathLike | None) -> Classifier:
   """
   if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
     raise MissingClassifierError(missing_classifier_message(workdir and str(workdir)))
-  config = load_workdir_config(workdir)
+  config = workdir_lib.load_config(workdir)
   if config.task != "classifier":
     raise ValueError(f"config.eval.classifier_workdir={str(workdir)!r} holds a "
                      f"{config.task!r} run, not a classifier; train one with\n  "
                      f"{CLASSIFIER_COMMAND}")
-  run, state = sample_lib.load_trained(config, str(workdir))
+  run, state = workdir_lib.load_trained(str(workdir), config, device=jax.local_devices()[0])
   return classifier_from_state(config, str(workdir), run.task, state)
 
 
@@ -465,47 +418,21 @@ def _score(config, images_uint8, labels, scorer) -> list[dict]:
   return inception_scores(images_uint8, config.data, config.eval.inception_weights)
 
 
-def _diffusion_settings(config, task) -> list[tuple[str, dict, bool]]:
-  """(protocol name, sample options without label, use EMA) of a DDPM/denoiser evaluation."""
-  options = {k: v for k, v in task.sample_options(config).items() if k != "label"}
-  if config.task == "denoiser":
-    return [("config", options, bool(config.sample.use_ema))]
-  num_timesteps = task.schedule.num_timesteps
+def _sampling_settings(task) -> list[tuple[str, dict, bool]]:
+  """(protocol name, sample options without label, use EMA) of a generative evaluation.
+
+  Tasks with a choice of samplers (an option "sampler") are also evaluated with
+  `PINNED_SAMPLER` on the EMA weights, unless their own sampler is that one.
+  """
+  options = {k: v for k, v in task.sample_options().items() if k != "label"}
+  if "sampler" not in options:
+    return [("config", options, task.use_ema)]
   pinned = dict(options, **PINNED_SAMPLER)
-  pinned["steps"] = min(PINNED_SAMPLER["steps"], num_timesteps)
-
-  def key(opts, ema):
-    steps = opts["steps"] if opts["sampler"] == "ddim" and opts["steps"] else num_timesteps
-    eta = opts["eta"] if opts["sampler"] == "ddim" else None
-    spacing = opts["spacing"] if opts["sampler"] == "ddim" else None
-    variance = opts["variance"] if opts["sampler"] != "ddim" else None
-    return (opts["sampler"], steps, eta, spacing, variance, opts["clip_x0"],
-            opts["guidance"], ema)
-
+  pinned["steps"] = min(PINNED_SAMPLER["steps"], task.spec.num_timesteps)
   settings = [("pinned", pinned, True)]
-  if key(options, bool(config.sample.use_ema)) != key(pinned, True):
-    settings.append(("config", options, bool(config.sample.use_ema)))
+  if (task.describe_sampling(options), task.use_ema) != (task.describe_sampling(pinned), True):
+    settings.append(("config", options, task.use_ema))
   return settings
-
-
-def _sampler_fields(config, task, options: dict) -> dict:
-  if config.task == "denoiser":
-    return {"sampler": "one_step", "steps": 1}
-  if config.task == "ebm":
-    return {"sampler": "langevin", "steps": int(options["steps"]),
-            "step_size": float(config.ebm.step_size),
-            "noise_scale": float(config.ebm.noise_scale)}
-  t = task.schedule.num_timesteps
-  fields = {"sampler": options["sampler"],
-            "steps": int(options["steps"] or t) if options["sampler"] == "ddim" else t,
-            "clip_x0": bool(options["clip_x0"])}
-  if options["sampler"] == "ddim":
-    fields.update(eta=float(options["eta"]), spacing=options["spacing"])
-  else:
-    fields.update(eta=None, variance=options["variance"])
-  if task.num_classes:
-    fields["guidance"] = float(options["guidance"])
-  return fields
 
 
 def _evaluate_generative(config, workdir, run, state) -> list[dict]:
@@ -518,36 +445,33 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
       lambda: load_classifier(config.eval.classifier_workdir))
   labels = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
   key = jax.random.fold_in(run.keys["sample"], _EVAL_STREAM)
-  if config.task == "ebm":
-    settings = [("config", task.sample_options(config), bool(config.sample.use_ema))]
-  else:
-    settings = _diffusion_settings(config, task)
+  settings = _sampling_settings(task)
   records = []
   for protocol, options, use_ema in settings:
-    params = _one_device(state.ema_params if use_ema else state.params)
+    params = dataclasses.replace(task, use_ema=use_ema).sample_params(state)
     images = generate(task, params, key, n, config.sample.batch_size, options, labels)
     uint8 = figures.to_uint8(images)
-    fields = {"protocol": protocol, "num_samples": n, **_sampler_fields(config, task, options),
+    fields = {"protocol": protocol, "num_samples": n, **task.describe_sampling(options),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
               "uint8_roundtrip": True}
     if labels is not None:
       fields["labels"] = "cycling 0..9"
     for r in _score(config, uint8, labels, scorer):
       records.append({"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r})
-  if config.task == "ebm":
+  if hasattr(task, "ood_evaluate"):   # an energy: its AUROC as an OOD score
     records += _ood_records(config, task, state, step)
   return records
 
 
 def _ood_records(config, task, state, step: int) -> list[dict]:
-  params = _one_device(task.sample_params(state))
+  params = task.sample_params(state)
   x_in = _split_images(config.data, config.data.eval_split)
   key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_STREAM)
   aurocs = jax.device_get(task.ood_evaluate(params, jnp.asarray(x_in), key))
   return [{"metric": f"ood_auroc_{name}", "value": float(value), "ood_set": name,
            "in_distribution": f"{config.data.name} {config.data.eval_split}",
            "num_examples": int(len(x_in)), "score": "energy (higher = OOD)",
-           "weights": "ema" if config.sample.use_ema else "raw", "step": step,
+           "weights": "ema" if task.use_ema else "raw", "step": step,
            "seed": int(config.seed)}
           for name, value in sorted(aurocs.items())]
 
@@ -570,9 +494,9 @@ def classifier_accuracy(task, params, data_config, split: str, batch_size: int =
 
 
 def _evaluate_classifier(config, workdir, run, state) -> list[dict]:
-  params = state.ema_params if config.sample.use_ema else state.params
+  params = run.task.sample_params(state)
   result = classifier_accuracy(run.task, params, config.data, config.data.eval_split)
-  weights = "ema" if config.sample.use_ema else "raw"
+  weights = "ema" if run.task.use_ema else "raw"
   step = int(jax.device_get(state.step))
   records = [{"metric": "accuracy", "value": result["accuracy"],
               "split": config.data.eval_split, "num_examples": result["num_examples"],
@@ -618,7 +542,7 @@ def write_records(records: list[dict], path: str | os.PathLike) -> None:
     epath.Path(path).write_text(json.dumps(_jsonable(records), indent=2))
 
 
-def evaluate_workdir(config, workdir: str) -> list[dict]:
+def evaluate_workdir(config, workdir: str, task=None) -> list[dict]:
   """Evaluates the newest checkpoint of `workdir`; writes WORKDIR/eval.json, prints a table.
 
   Raises:
@@ -626,10 +550,11 @@ def evaluate_workdir(config, workdir: str) -> list[dict]:
       dataset is missing (checked before the model is loaded); the message
       says how to get it.
   """
-  if config.task != "classifier":
+  task = tasks.build(config) if task is None else task
+  if task.sample is not None:  # a generative model is scored by a feature network
     _check_feature_network(config)
-  run, state = sample_lib.load_trained(config, workdir)
-  if config.task == "classifier":
+  run, state = workdir_lib.load_trained(workdir, config, task, device=jax.local_devices()[0])
+  if task.sample is None:      # the classifier: its accuracy
     records = _evaluate_classifier(config, workdir, run, state)
   else:
     records = _evaluate_generative(config, workdir, run, state)

@@ -57,7 +57,7 @@ from ebm import cd as ebm_cd
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import figures
-from launch import sample as sample_lib
+from launch import workdir as workdir_lib
 from launch.config_errors import ConfigError
 
 MAX_SEED = 2**32 - 1
@@ -664,7 +664,7 @@ def _experiment_config(name: str, entry, workdir: str):
   if not path.exists():
     raise FileNotFoundError(f"config.models.{name}.config is empty and {path} does not exist: "
                             "give the experiment config spec")
-  config = config_lib.from_dict(json.loads(path.read_text()))
+  config = workdir_lib.load_config(workdir)   # keys added since the run get their defaults
   config_lib.validate(config)
   return config
 
@@ -702,9 +702,8 @@ def load_model(name: str, entry, limits: Limits) -> ServedModel:
     raise checkpoint_lib.CheckpointError(
         f"no checkpoint in {epath.Path(workdir) / 'checkpoints'} (model {name!r}): train first "
         "with --mode train, or fix config.models.{name}.workdir".replace("{name}", name))
-  run, state = sample_lib.load_trained(config, workdir)
+  run, state = workdir_lib.load_trained(workdir, config, device=jax.local_devices()[0])
   params = state.ema_params if use_ema else state.params
-  params = jax.device_put(params, jax.local_devices()[0])
   step = int(jax.device_get(state.step))
   del state
   logging.info("serve: loaded %s (%s, step %d) from %s", name, config.task, step, workdir)

@@ -15,9 +15,15 @@ ConfigDict) that implements the task protocol:
       noise. `metrics` is a flat dict of float32 scalars that contains
       "loss" (and "grad_norm" where there are gradients).
   sample(params, key, num, **options) -> images [num, H, W, C] in [-1, 1]
-      Pure; the whole chain is one compiled program. `sample_options(config)`
-      gives the options from the config's `sample` section.
-  sample_params(state) -> params used for sampling (EMA ones by default)
+      Pure; the whole chain is one compiled program. With no options it
+      samples as the config's `sample` section says: the task owns its
+      sampling spec (DDPM: `task.spec`, a `ddpm.samplers.SamplingSpec`; EBM:
+      `task.sample_langevin`), and `sample_options()` lists those defaults.
+      None for a task that generates nothing (the classifier).
+  describe_sampling(options) -> the sampler fields of an evaluation record.
+  use_ema: bool                       # config.sample.use_ema
+  sample_params(state) -> the parameters to sample (or predict) with: the one
+      place that picks EMA or trained weights.
 
 `batch` is {"image": float32 [B, H, W, C] in [-1, 1], "label": int32 [B]}.
 

@@ -8,50 +8,17 @@ samples. It generates nothing (`sample is None`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from core import train_state as ts
+from core.classifier import ClassifierCNN
 from launch import data as data_lib
 from launch.tasks import common
-from launch.config_errors import check_choice, check_range
-
-
-class ClassifierCNN(nn.Module):
-  """conv-GN-swish blocks at full, 1/2 and 1/4 resolution, mean pool, dense.
-
-  Attributes:
-    num_classes: outputs of the last layer.
-    width: channels of the first block (then 2x, 4x).
-    feature_dim: size of the penultimate features.
-    dropout: dropout rate before the last layer.
-  """
-  num_classes: int = 10
-  width: int = 32
-  feature_dim: int = 128
-  dropout: float = 0.3
-
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    """x: [B, H, W, C] in [-1, 1] -> (features [B, feature_dim], logits [B, num_classes])."""
-    h = x
-    for i, mult in enumerate((1, 2, 4)):
-      ch = self.width * mult
-      strides = 1 if i == 0 else 2
-      h = nn.Conv(ch, (3, 3), strides=strides, padding="SAME")(h)
-      h = nn.swish(nn.GroupNorm(num_groups=8)(h))
-      h = nn.Conv(ch, (3, 3), padding="SAME")(h)
-      h = nn.swish(nn.GroupNorm(num_groups=8)(h))
-    h = jnp.mean(h, axis=(1, 2))
-    features = nn.swish(nn.Dense(self.feature_dim)(h))
-    logits = nn.Dense(self.num_classes)(
-        nn.Dropout(self.dropout, deterministic=not train)(features))
-    return features, logits
+from launch.config_errors import check_bool, check_choice, check_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +30,7 @@ class ClassifierTask:
   tx: Any
   ema_decay: float
   ema_warmup: bool
+  use_ema: bool = True
   sample = None  # the classifier generates nothing
 
   def init_state(self, key, batch) -> ts.TrainState:
@@ -89,9 +57,10 @@ class ClassifierTask:
                    "grad_norm": optax.tree.norm(grads)}
 
   def sample_params(self, state: ts.TrainState):
-    return state.ema_params
+    """The weights to predict with: EMA ones if `use_ema` (config.sample.use_ema)."""
+    return state.ema_params if self.use_ema else state.params
 
-  def sample_options(self, config) -> dict:
+  def sample_options(self, config=None) -> dict:
     del config
     return {}
 
@@ -107,4 +76,5 @@ def build(config) -> ClassifierTask:
                       dropout=config.model.dropout)
   return ClassifierTask(net=net, image_shape=info.image_shape, num_classes=info.num_classes,
                         tx=tx, ema_decay=config.optim.ema_decay,
-                        ema_warmup=config.optim.ema_warmup)
+                        ema_warmup=config.optim.ema_warmup,
+                        use_ema=check_bool("sample.use_ema", config.sample.use_ema))

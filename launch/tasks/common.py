@@ -1,6 +1,7 @@
 """Config readers shared by every task (validated, with the key in the message)."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 from core import train_state as ts
@@ -33,3 +34,7 @@ def lr_schedule(config) -> optax.Schedule:
   o = config.optim
   return ts.make_lr_schedule(o.lr, o.warmup_steps, o.decay, config.train.steps,
                              o.final_lr_factor)
+
+
+# model.dtype -> the compute dtype (parameters and optimiser state stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

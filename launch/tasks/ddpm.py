@@ -15,7 +15,11 @@ simple_unet: ch, ch_mult, dropout, num_groups (sinusoid 2 ch, time MLP 8 ch);
 unet_small: ch (the width), num_heads, gelu_approximate; denoiser: ch,
 ch_mult, bottleneck_dim, dropout, num_groups. All: conditional, dtype.
 
-Sample options of `DDPMTask.sample` (all keyword):
+Each task owns its `ddpm.samplers.SamplingSpec` (`task.spec`, built from
+config.sample and validated there) and `use_ema` (config.sample.use_ema):
+`task.sample_params(state)` is the one place that picks the weights to
+sample with, and `task.sample(params, key, num)` samples with the spec.
+Options given to `sample` replace the spec's fields for that call:
   sampler        "ancestral" (Algorithm 2), "deterministic" (Algorithm 2
                  with z = 0) or "ddim".
   steps          DDIM steps (0 = T); the other samplers take all T steps.
@@ -23,11 +27,14 @@ Sample options of `DDPMTask.sample` (all keyword):
   spacing        DDIM timestep spacing, "uniform" or "quadratic".
   variance       sigma_t^2 of the ancestral samplers: "beta" or "beta_tilde".
   clip_x0        clip the predicted x0 to [-1, 1] at every step.
-  label          None (conditional models: classes in turn, i mod 10), an int
-                 for every sample, or an int array [num]; must be None for
-                 unconditional models. num_classes is the null label.
+  label          the spec's label when not given; None or -1 (conditional
+                 models: classes in turn, i mod 10), an int for every sample,
+                 or an int array [num]; must be None for unconditional
+                 models. num_classes is the null label.
   guidance       classifier-free guidance scale s (1 = the conditional model
                  exactly, 0 = the unconditional one).
+  (see `ddpm.samplers.SamplingSpec` for the rules; eta and guidance may be
+  traced values, the others select the compiled program)
   capture_every  0, or k > 0 to also return the chain every k steps.
   noise          optional [num, H, W, C] starting noise x_T (default: drawn
                  from `key`), so figures can start several models from the
@@ -55,21 +62,21 @@ from ddpm import objectives
 from ddpm import samplers
 from ddpm import schedules
 from core.train_state import TrainState
-from launch.config_errors import ConfigError, check_choice, check_range
+from launch import data as data_lib
+from launch.config_errors import (ConfigError, check_bool, check_choice, check_int,
+                                  check_ints, check_range)
 from launch.tasks import common as common_lib
 
 NUM_CLASSES = 10
-_IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = common_lib.DTYPES
+# The options of `DDPMTask.sample` that replace fields of its spec.
+_SPEC_OPTIONS = ("sampler", "steps", "eta", "spacing", "variance", "clip_x0", "guidance")
+_FROM_SPEC = object()  # `sample(label=...)` not given: the spec's label
 
 
 def image_shape(data_config) -> tuple[int, int, int]:
   """(H, W, C) of the images `config.data` yields (MNIST family: 32 x 32 with pad_to_32)."""
-  name = check_choice("data.name", data_config.name, tuple(_IMAGE_SHAPES))
-  h, w, c = _IMAGE_SHAPES[name]
-  if c == 1 and data_config.pad_to_32:
-    h, w = 32, 32
-  return h, w, c
+  return data_lib.image_shape(data_config)
 
 
 # ---------------------------------------------------------------------------
@@ -102,46 +109,27 @@ def make_network(config) -> nn.Module:
 # ---------------------------------------------------------------------------
 # Validation (before anything is built).
 
-def _check_int(key: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ConfigError(key, value, reason="must be an integer")
-  return check_range(key, int(value), lo, hi)
-
-
-def _check_ints(key: str, values: Any, lo: int = 1, allow_empty: bool = False) -> tuple[int, ...]:
-  try:
-    values = tuple(values)
-  except TypeError:
-    raise ConfigError(key, values, reason="must be a sequence of integers") from None
-  if not values and not allow_empty:
-    raise ConfigError(key, values, reason="must not be empty")
-  for v in values:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-      raise ConfigError(key, values, reason=f"must be integers >= {lo}")
-  return values
-
-
 def _validate_model(config, shape: tuple[int, int, int]) -> None:
   m = config.model
   allowed = ("denoiser",) if config.task == "denoiser" else networks.TIME_CONDITIONED
   check_choice("model.name", m.name, allowed)
   check_choice("model.dtype", m.dtype, tuple(_DTYPES))
-  ch = _check_int("model.ch", m.ch, 1)
+  ch = check_int("model.ch", m.ch, 1)
   check_range("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
-  heads = _check_int("model.num_heads", m.num_heads, 1)
+  heads = check_int("model.num_heads", m.num_heads, 1)
   if m.name == "unet_small":
     for c in (2 * ch, 4 * ch):
       if c % heads:
         raise ConfigError("model.num_heads", heads,
                           reason=f"must divide the attention widths {2 * ch} and {4 * ch}")
     return
-  mult = _check_ints("model.ch_mult", m.ch_mult)
-  groups = _check_int("model.num_groups", m.num_groups, 1)
+  mult = check_ints("model.ch_mult", m.ch_mult)
+  groups = check_int("model.num_groups", m.num_groups, 1)
   widths = sorted({ch} | {ch * k for k in mult})
   if any(c % groups for c in widths):
     raise ConfigError("model.num_groups", groups, reason=f"must divide every width {widths}")
   if m.name == "denoiser":
-    _check_int("model.bottleneck_dim", m.bottleneck_dim, 1)
+    check_int("model.bottleneck_dim", m.bottleneck_dim, 1)
     return
   downsamplings = len(mult) - 1 if m.name == "unet_ho" else len(mult)
   if shape[0] % 2 ** downsamplings or shape[1] % 2 ** downsamplings:
@@ -150,47 +138,33 @@ def _validate_model(config, shape: tuple[int, int, int]) -> None:
                              f"{2 ** downsamplings}, images are {shape[:2]} "
                              "(see data.pad_to_32)")
   if m.name == "unet_ho":
-    _check_int("model.num_res_blocks", m.num_res_blocks, 1)
-    _check_ints("model.attn_resolutions", m.attn_resolutions, allow_empty=True)
+    check_int("model.num_res_blocks", m.num_res_blocks, 1)
+    check_ints("model.attn_resolutions", m.attn_resolutions, allow_empty=True)
     attn_widths = sorted({ch * k for k in mult})
     if any(c % heads for c in attn_widths):
       raise ConfigError("model.num_heads", heads, reason=f"must divide every width {attn_widths}")
 
 
-def _validate_sample(config, conditional: bool, null_label: bool) -> None:
+def spec_from_config(config, num_classes: int, null_label: bool,
+                     num_timesteps: int = 1) -> samplers.SamplingSpec:
+  """The validated SamplingSpec of config.sample (ConfigError naming the sample.* key)."""
   s = config.sample
-  num_timesteps = config.diffusion.num_timesteps
-  sampler = check_choice("sample.sampler", s.sampler, samplers.SAMPLERS)
-  steps = _check_int("sample.steps", s.steps, 0, num_timesteps)
-  if sampler != "ddim" and steps not in (0, num_timesteps):
-    raise ConfigError("sample.steps", steps,
-                      reason=f"only the 'ddim' sampler takes fewer than T={num_timesteps} steps")
-  check_range("sample.eta", s.eta, 0.0, 1.0)
-  check_choice("sample.variance", s.variance, samplers.VARIANCES)
-  check_choice("sample.spacing", s.spacing, samplers.SPACINGS)
-  if sampler == "ddim":
-    try:
-      samplers.ddim_timesteps(num_timesteps, steps or num_timesteps, s.spacing)
-    except ValueError as e:
-      raise ConfigError("sample.steps", steps, reason=str(e)) from None
-  check_range("sample.guidance", s.guidance, 0.0, 100.0)
-  if s.guidance != 1.0 and not null_label:
-    raise ConfigError("sample.guidance", s.guidance,
-                      reason="guidance != 1 needs model.conditional=True and "
-                             "diffusion.class_dropout > 0 (a null label)")
-  _validate_label(s.label, conditional, null_label)
+  label = s.label
+  if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and label == -1:
+    label = None
+  try:
+    return samplers.SamplingSpec(
+        sampler=s.sampler, steps=s.steps, eta=s.eta, spacing=s.spacing, variance=s.variance,
+        clip_x0=s.clip_x0, guidance=s.guidance, label=label, num_timesteps=num_timesteps,
+        num_classes=num_classes, null_label=null_label).validate()
+  except samplers.SpecError as e:
+    value = s.label if e.field == "label" else e.value
+    raise ConfigError(f"sample.{e.field}", value, reason=e.reason, allowed=e.allowed) from None
 
 
-def _validate_label(label: Any, conditional: bool, null_label: bool) -> None:
-  if conditional:
-    _check_int("sample.label", label, -1, NUM_CLASSES if null_label else NUM_CLASSES - 1)
-  elif label != -1:
-    raise ConfigError("sample.label", label, allowed=(-1,),
-                      reason="the model is unconditional (model.conditional=False)")
-
-
-def validate(config) -> None:
-  """Checks every key the task reads; raises ConfigError naming the first bad one."""
+def validate(config) -> samplers.SamplingSpec:
+  """Checks every key the task reads; returns the sampling spec, or raises ConfigError
+  naming the first bad key."""
   check_choice("task", config.task, ("ddpm", "denoiser"))
   shape = image_shape(config.data)
   _validate_model(config, shape)
@@ -201,27 +175,22 @@ def validate(config) -> None:
     raise ConfigError("diffusion.class_dropout", d.class_dropout,
                       reason="label dropout needs model.conditional=True")
   null_label = conditional and d.class_dropout > 0
+  num_classes = NUM_CLASSES if conditional else 0
   if config.task == "ddpm":
     check_choice("diffusion.schedule", d.schedule, schedules.names())
-    _check_int("diffusion.num_timesteps", d.num_timesteps, 1, 100_000)
+    check_int("diffusion.num_timesteps", d.num_timesteps, 1, 100_000)
     check_range("diffusion.beta_start", d.beta_start, 0.0, 1.0, lo_open=True, hi_open=True)
     check_range("diffusion.beta_end", d.beta_end, d.beta_start, 1.0, hi_open=True)
     check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
     check_choice("diffusion.objective", d.objective, objectives.OBJECTIVES)
-    _validate_sample(config, conditional, null_label)
+    spec = spec_from_config(config, num_classes, null_label, d.num_timesteps)
   else:
     check_range("diffusion.denoise_mix", d.denoise_mix, 0.0, 1.0, lo_open=True)
-    _validate_label(config.sample.label, conditional, null_label)
-  o = config.optim
-  check_choice("optim.name", o.name, ("adam", "adamw"))
-  check_range("optim.lr", o.lr, 0.0, None, lo_open=True)
-  _check_int("optim.warmup_steps", o.warmup_steps, 0)
-  check_range("optim.b1", o.b1, 0.0, 1.0, hi_open=True)
-  check_range("optim.b2", o.b2, 0.0, 1.0, hi_open=True)
-  check_range("optim.weight_decay", o.weight_decay, 0.0)
-  check_range("optim.grad_clip", o.grad_clip, 0.0)
-  check_range("optim.ema_decay", o.ema_decay, 0.0, 1.0)
-  _check_int("train.batch_size", config.train.batch_size, 1)
+    # The denoiser takes one step: of its spec only the label rule applies.
+    spec = spec_from_config(config, num_classes, null_label)
+  check_bool("sample.use_ema", config.sample.use_ema)
+  check_int("train.batch_size", config.train.batch_size, 1)
+  return spec
 
 
 # ---------------------------------------------------------------------------
@@ -239,7 +208,10 @@ class _Task:
     class_dropout: probability of replacing a training label by the null one.
     tx: the optax optimiser.
     lr_schedule: the optimiser's learning rate at each update (for the metric).
-    ema_decay, ema_warmup: see `ddpm.train_state.ema_decay_at`.
+    ema_decay, ema_warmup: see `core.train_state.ema_decay_at`.
+    spec: the sampling spec (config.sample, validated; the denoiser uses
+      only its label rule).
+    use_ema: sample with the EMA parameters (else the trained ones).
   """
   network: nn.Module
   image_shape: tuple[int, int, int]
@@ -250,6 +222,8 @@ class _Task:
   lr_schedule: Callable[[jax.Array], jax.Array]
   ema_decay: float
   ema_warmup: bool
+  spec: samplers.SamplingSpec
+  use_ema: bool = True
 
   def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh parameters (from one example of `batch`), optimiser state and EMA."""
@@ -264,7 +238,8 @@ class _Task:
     return TrainState.create(params, self.tx)
 
   def sample_params(self, state: TrainState) -> Any:
-    return state.ema_params
+    """The parameters to sample with: EMA ones if `use_ema`, else the trained ones."""
+    return state.ema_params if self.use_ema else state.params
 
   def _train_labels(self, key: jax.Array, batch: dict[str, jax.Array]) -> jax.Array | None:
     if not self.num_classes:
@@ -282,23 +257,38 @@ class _Task:
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr * state.lr_scale}
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
-  def _sample_labels(self, label: Any, num: int) -> jax.Array | None:
+  def _sample_labels(self, label: Any, num: int, spec: samplers.SamplingSpec | None = None
+                     ) -> jax.Array | None:
     """The [num] int32 labels of a sample call (see the module docstring)."""
-    if not self.num_classes:
-      if label is not None and not (isinstance(label, (int, np.integer)) and label == -1):
-        raise ValueError("label must be None: the model is unconditional")
-      return None
+    spec = self.spec if spec is None else spec
+    if label is _FROM_SPEC:
+      return _as_labels(spec.labels(num))
     if label is None or (isinstance(label, (int, np.integer)) and label == -1):
-      return jnp.arange(num, dtype=jnp.int32) % self.num_classes
-    if isinstance(label, (int, np.integer)):
-      top = self.num_classes if self.null_label else self.num_classes - 1
-      if not 0 <= label <= top:
-        raise ValueError(f"label must be in [0, {top}], got {label}")
-      return jnp.full((num,), label, jnp.int32)
-    label = jnp.asarray(label, jnp.int32)
-    if label.shape != (num,):
-      raise ValueError(f"label must have shape ({num},), got {label.shape}")
-    return label
+      label = None
+    elif not isinstance(label, (int, np.integer)):   # an array [num]
+      if not self.num_classes:
+        raise ValueError("label must be None: the model is unconditional")
+      label = jnp.asarray(label, jnp.int32)
+      if label.shape != (num,):
+        raise ValueError(f"label must have shape ({num},), got {label.shape}")
+      return label
+    try:
+      spec = dataclasses.replace(spec, label=label).validate()
+    except samplers.SpecError as e:
+      raise ValueError(f"label: {e}") from None
+    return _as_labels(spec.labels(num))
+
+  def sample_options(self, config=None) -> dict[str, Any]:
+    """The options `sample` uses by default (those of `spec`; the task was built
+    from `config`, so the argument adds nothing)."""
+    del config
+    if not self.num_classes:
+      return {}
+    return {"label": self.spec.label}
+
+
+def _as_labels(labels: np.ndarray | None) -> jax.Array | None:
+  return None if labels is None else jnp.asarray(labels, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -349,51 +339,56 @@ class DDPMTask(_Task):
       return lambda x_t, t: model_fn(x_t, t, None)
     return samplers.guided_eps_fn(model_fn, label, self.num_classes, guidance)
 
-  def sample(self, params: Any, key: jax.Array, num: int, *, sampler: str = "ancestral",
-             steps: int = 0, eta: float = 0.0, spacing: str = "uniform",
-             variance: str = "beta", clip_x0: bool = True, label: Any = None,
-             guidance: float = 1.0, capture_every: int = 0, noise: jax.Array | None = None):
-    """`num` samples; see the module docstring for options and return value."""
-    if sampler not in samplers.SAMPLERS:
-      raise ValueError(f"unknown sampler {sampler!r}; allowed: {samplers.SAMPLERS}")
-    num_timesteps = self.schedule.num_timesteps
-    if sampler != "ddim" and steps not in (0, num_timesteps):
-      raise ValueError(f"only the 'ddim' sampler takes steps != T={num_timesteps}")
-    labels = self._sample_labels(label, num)
-    static_one = isinstance(guidance, (int, float)) and guidance == 1
-    if not static_one and not self.null_label:
-      raise ValueError("guidance != 1 needs a conditional model trained with label dropout")
-    return _sample_ddpm(self, params, key, labels, None if static_one else guidance, eta,
-                        noise, num=num, sampler=sampler, steps=int(steps), spacing=spacing,
-                        variance=variance, clip_x0=bool(clip_x0),
+  def sample(self, params: Any, key: jax.Array, num: int, *, label: Any = _FROM_SPEC,
+             capture_every: int = 0, noise: jax.Array | None = None, **options):
+    """`num` samples with `spec` (fields replaced by `options`); see the module docstring.
+
+    Raises:
+      ValueError: an option breaks a rule of the spec (naming it).
+    """
+    unknown = set(options) - set(_SPEC_OPTIONS)
+    if unknown:
+      raise TypeError(f"unknown sample options {sorted(unknown)}; allowed: {_SPEC_OPTIONS}")
+    spec = dataclasses.replace(self.spec, **options).validate()
+    labels = self._sample_labels(label, num, spec)
+    guided = isinstance(spec.guidance, jax.core.Tracer) or spec.guidance != 1.0
+    return _sample_ddpm(self, params, key, labels, spec, noise, num=num, guided=guided,
                         capture_every=int(capture_every))
 
-  def sample_options(self, config) -> dict[str, Any]:
-    """The options of `sample` from config.sample (label -1 -> None)."""
-    s = config.sample
-    return dict(sampler=s.sampler, steps=int(s.steps), eta=float(s.eta), spacing=s.spacing,
-                variance=s.variance, clip_x0=bool(s.clip_x0),
-                label=None if s.label == -1 else int(s.label), guidance=float(s.guidance))
+  def describe_sampling(self, options: dict[str, Any]) -> dict[str, Any]:
+    """The sampler fields of an evaluation record of `sample(**options)`: the spec's
+    fields that the sampler reads (eta None for samplers without one)."""
+    options = {k: v for k, v in options.items() if k != "label"}
+    spec = dataclasses.replace(self.spec, **options).validate()
+    fields = {"sampler": spec.sampler, "steps": spec.num_steps, "clip_x0": bool(spec.clip_x0),
+              "eta": None}
+    for name in spec.rule.options:
+      if name != "steps":
+        fields[name] = getattr(spec, name)
+    if self.num_classes:
+      fields["guidance"] = float(spec.guidance)
+    return fields
+
+  def sample_options(self, config=None) -> dict[str, Any]:
+    """The options `sample` uses by default: the fields of `spec` (the task was built
+    from `config`, so the argument adds nothing)."""
+    del config
+    spec = self.spec
+    return dict(sampler=spec.sampler, steps=spec.steps, eta=spec.eta, spacing=spec.spacing,
+                variance=spec.variance, clip_x0=spec.clip_x0, label=spec.label,
+                guidance=spec.guidance)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=(
-    "num", "sampler", "steps", "spacing", "variance", "clip_x0", "capture_every"))
-def _sample_ddpm(task: DDPMTask, params, key, labels, guidance, eta, noise, *, num, sampler,
-                 steps, spacing, variance, clip_x0, capture_every):
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("num", "guided", "capture_every"))
+def _sample_ddpm(task: DDPMTask, params, key, labels, spec, noise, *, num, guided,
+                 capture_every):
   k_init, k_chain = jax.random.split(key)
   if noise is None:
     x_T = jax.random.normal(k_init, (num,) + tuple(task.image_shape), jnp.float32)
   else:
     x_T = jnp.asarray(noise, jnp.float32)
-  eps_fn = task.eps_fn(params, labels, 1.0 if guidance is None else guidance)
-  if sampler == "ddim":
-    out = samplers.ddim_sample(eps_fn, task.schedule, x_T, k_chain, num_steps=steps or None,
-                               eta=eta, spacing=spacing, clip_x0=clip_x0,
-                               capture_every=capture_every)
-  else:
-    out = samplers.ancestral_sample(eps_fn, task.schedule, x_T, k_chain, variance=variance,
-                                    clip_x0=clip_x0, deterministic=sampler == "deterministic",
-                                    capture_every=capture_every)
+  eps_fn = task.eps_fn(params, labels, spec.guidance if guided else 1.0)
+  out = samplers.sample(spec, eps_fn, task.schedule, x_T, k_chain, capture_every=capture_every)
   if capture_every:
     return jnp.clip(out[0], -1.0, 1.0), out[1]
   return jnp.clip(out, -1.0, 1.0)
@@ -426,7 +421,7 @@ class DenoiserTask(_Task):
     return self._update(state, loss_fn)
 
   def sample(self, params: Any, key: jax.Array, num: int, *, noise: jax.Array | None = None,
-             x0: jax.Array | None = None, label: Any = None) -> jax.Array:
+             x0: jax.Array | None = None, label: Any = _FROM_SPEC) -> jax.Array:
     """One denoising step from pure noise: the "ink blots".
 
     Args:
@@ -437,7 +432,7 @@ class DenoiserTask(_Task):
         both start from the same noise.
       x0: optional [num, H, W, C] clean images: then the input is the
         training mix (1 - m) x0 + m eps (a denoising demo) instead of eps.
-      label: as for `DDPMTask.sample`.
+      label: as for `DDPMTask.sample` (default: the spec's label).
 
     Returns:
       [num, H, W, C] x0_hat clipped to [-1, 1].
@@ -449,14 +444,16 @@ class DenoiserTask(_Task):
     out = self.network.apply({"params": params}, x_in, None, labels, train=False)
     return jnp.clip(out, -1.0, 1.0)
 
-  def sample_options(self, config) -> dict[str, Any]:
-    return {} if not self.num_classes else {
-        "label": None if config.sample.label == -1 else int(config.sample.label)}
+  def describe_sampling(self, options: dict[str, Any]) -> dict[str, Any]:
+    """The sampler fields of an evaluation record: one denoising step."""
+    del options
+    return {"sampler": "one_step", "steps": 1}
+
 
 
 def build(config) -> _Task:
   """Validates `config` and builds its DDPMTask or DenoiserTask."""
-  validate(config)
+  spec = validate(config)
   o = config.optim
   conditional = bool(config.model.conditional)
   common = dict(
@@ -469,6 +466,8 @@ def build(config) -> _Task:
       lr_schedule=common_lib.lr_schedule(config),
       ema_decay=float(o.ema_decay),
       ema_warmup=bool(o.ema_warmup),
+      spec=spec,
+      use_ema=bool(config.sample.use_ema),
   )
   if config.task == "denoiser":
     return DenoiserTask(denoise_mix=float(config.diffusion.denoise_mix), **common)

@@ -25,41 +25,16 @@ from core.train_state import TrainState
 from ebm import cd
 from ebm import ood
 from ebm.networks import ACTIVATIONS, NETWORKS, energy_fn_of, make_network
-from launch.config_errors import ConfigError, check_choice, check_range
+from launch import data as data_lib
+from launch.config_errors import (ConfigError, check_bool, check_choice, check_int,
+                                  check_number, check_range)
 from launch.tasks import common as common_lib
 
-# data.name -> (H, W, C) of the images the data pipeline yields.
-_DATA_SHAPES = {
-    "fashion_mnist": (28, 28, 1),
-    "mnist": (28, 28, 1),
-    "cifar10": (32, 32, 3),
-}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _number(key: str, value: Any, *, integer: bool = False, lo=None, hi=None,
-            lo_open: bool = False, hi_open: bool = False):
-  """Checks that value is a real (or integer) number in range."""
-  ok = isinstance(value, numbers.Integral if integer else numbers.Real)
-  if not ok or isinstance(value, bool):
-    raise ConfigError(key, value, allowed="an integer" if integer else "a number")
-  return check_range(key, value, lo, hi, lo_open=lo_open, hi_open=hi_open)
-
-
-def _boolean(key: str, value: Any) -> bool:
-  return check_choice(key, value, (True, False))
-
-
-def _image_shape(data) -> tuple[int, int, int]:
-  name = check_choice("data.name", data.name, tuple(_DATA_SHAPES))
-  h, w, c = _DATA_SHAPES[name]
-  if _boolean("data.pad_to_32", data.pad_to_32):
-    h, w = max(h, 32), max(w, 32)
-  return h, w, c
+_DTYPES = common_lib.DTYPES
 
 
 def _cnn_fields(model) -> dict[str, Any]:
-  return {"c_hid": _number("model.ch", model.ch, integer=True, lo=2)}
+  return {"c_hid": check_int("model.ch", model.ch, 2)}
 
 
 def _resnet_fields(model) -> dict[str, Any]:
@@ -67,11 +42,10 @@ def _resnet_fields(model) -> dict[str, Any]:
   if not ch_mult or not all(isinstance(m, numbers.Integral) and m >= 1 for m in ch_mult):
     raise ConfigError("model.ch_mult", model.ch_mult, allowed="a non-empty tuple of integers >= 1")
   return {
-      "ch": _number("model.ch", model.ch, integer=True, lo=1),
+      "ch": check_int("model.ch", model.ch, 1),
       "ch_mult": ch_mult,
-      "num_res_blocks": _number("model.num_res_blocks", model.num_res_blocks, integer=True,
-                                lo=1),
-      "spectral_norm": _boolean("model.spectral_norm", model.spectral_norm),
+      "num_res_blocks": check_int("model.num_res_blocks", model.num_res_blocks, 1),
+      "spectral_norm": check_bool("model.spectral_norm", model.spectral_norm),
   }
 
 
@@ -93,13 +67,13 @@ def _network_spec(model) -> tuple[str, dict[str, Any]]:
 
 
 def _langevin(ebm_cfg, num_steps: int) -> cd.LangevinSettings:
-  grad_clip = _number("ebm.grad_clip", ebm_cfg.grad_clip, lo=0)
+  grad_clip = check_number("ebm.grad_clip", ebm_cfg.grad_clip, lo=0)
   return cd.LangevinSettings(
       num_steps=num_steps,
-      step_size=float(_number("ebm.step_size", ebm_cfg.step_size, lo=0, lo_open=True)),
-      noise_scale=float(_number("ebm.noise_scale", ebm_cfg.noise_scale, lo=0)),
+      step_size=float(check_number("ebm.step_size", ebm_cfg.step_size, lo=0, lo_open=True)),
+      noise_scale=float(check_number("ebm.noise_scale", ebm_cfg.noise_scale, lo=0)),
       grad_clip=float(grad_clip) if grad_clip > 0 else None,
-      noise_first=_boolean("ebm.noise_first", ebm_cfg.noise_first),
+      noise_first=check_bool("ebm.noise_first", ebm_cfg.noise_first),
   )
 
 
@@ -141,7 +115,8 @@ class EBMTask:
     network: the energy network (E low on data).
     tx: the optimiser (Adam, β1 = 0 in the EBM configs).
     settings: contrastive-divergence settings, including the training chain.
-    sample_langevin: default chain of `sample` (long: ebm.sample_steps).
+    sample_langevin: default chain of `sample` (sample.steps steps, 0 = the long
+      ebm.sample_steps): the task's sampling spec.
     image_shape: (H, W, C).
     buffer_size: replay-buffer slots N.
     use_ema: `sample_params` returns the EMA parameters.
@@ -208,10 +183,18 @@ class EBMTask:
     return _sample_from_buffer_jit(state, key, num=num, network=self.network,
                                    langevin_settings=chain, capture_every=capture_every)
 
-  def sample_options(self, config) -> dict[str, Any]:
-    """Options of `sample` from config.sample (steps 0 = ebm.sample_steps)."""
-    steps = _number("sample.steps", config.sample.steps, integer=True, lo=0)
-    return {"steps": steps or self.sample_langevin.num_steps}
+  def sample_options(self, config=None) -> dict[str, Any]:
+    """The options `sample` uses by default (the task was built from `config`, so the
+    argument adds nothing): the chain's steps (config.sample.steps, 0 = ebm.sample_steps)."""
+    del config
+    return {"steps": self.sample_langevin.num_steps}
+
+  def describe_sampling(self, options: dict[str, Any]) -> dict[str, Any]:
+    """The sampler fields of an evaluation record of `sample(**options)`."""
+    chain = _override(self.sample_langevin, options.get("steps"), options.get("step_size"),
+                      options.get("noise_scale"))
+    return {"sampler": "langevin", "steps": int(chain.num_steps),
+            "step_size": float(chain.step_size), "noise_scale": float(chain.noise_scale)}
 
   def sample_params(self, state: TrainState) -> Any:
     """EMA parameters if sample.use_ema, else the current ones (as the tutorial)."""
@@ -234,27 +217,27 @@ def _ood_jit(params, x_in, key, *, network, batch_size):
 
 def build(config) -> EBMTask:
   """Validates every key the task reads, then builds the EBM task."""
-  image_shape = _image_shape(config.data)
+  image_shape = data_lib.image_shape(config.data)
   net_name, net_fields = _network_spec(config.model)
   e = config.ebm
-  batch_size = _number("train.batch_size", config.train.batch_size, integer=True, lo=1)
-  buffer_size = _number("ebm.buffer_size", e.buffer_size, integer=True, lo=1)
+  batch_size = check_int("train.batch_size", config.train.batch_size, 1)
+  buffer_size = check_int("ebm.buffer_size", e.buffer_size, 1)
   if buffer_size < batch_size:
     raise ConfigError("ebm.buffer_size", buffer_size,
                       allowed=f"an integer >= train.batch_size ({batch_size})",
                       reason="each step draws a batch of distinct buffer slots")
-  train_steps = _number("ebm.langevin_steps", e.langevin_steps, integer=True, lo=1)
-  sample_steps = _number("ebm.sample_steps", e.sample_steps, integer=True, lo=1)
+  train_steps = check_int("ebm.langevin_steps", e.langevin_steps, 1)
+  sample_steps = check_int("ebm.sample_steps", e.sample_steps, 1)
   settings = cd.CDSettings(
       langevin=_langevin(e, train_steps),
-      reinit_fraction=float(_number("ebm.reinit_fraction", e.reinit_fraction, lo=0, hi=1)),
-      reg_alpha=float(_number("ebm.reg_alpha", e.reg_alpha, lo=0)),
-      data_noise=float(_number("ebm.data_noise", e.data_noise, lo=0)),
-      ema_decay=float(_number("optim.ema_decay", config.optim.ema_decay, lo=0, hi=1)),
-      ema_warmup=_boolean("optim.ema_warmup", config.optim.ema_warmup))
+      reinit_fraction=float(check_number("ebm.reinit_fraction", e.reinit_fraction, lo=0, hi=1)),
+      reg_alpha=float(check_number("ebm.reg_alpha", e.reg_alpha, lo=0)),
+      data_noise=float(check_number("ebm.data_noise", e.data_noise, lo=0)),
+      ema_decay=float(check_number("optim.ema_decay", config.optim.ema_decay, lo=0, hi=1)),
+      ema_warmup=check_bool("optim.ema_warmup", config.optim.ema_warmup))
   tx = common_lib.optimizer(config)
-  _number("sample.steps", config.sample.steps, integer=True, lo=0)
-  use_ema = _boolean("sample.use_ema", config.sample.use_ema)
+  sample_steps = check_int("sample.steps", config.sample.steps, 0) or sample_steps
+  use_ema = check_bool("sample.use_ema", config.sample.use_ema)
   return EBMTask(
       network=make_network(net_name, **net_fields),
       tx=tx,
