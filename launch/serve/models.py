@@ -268,33 +268,22 @@ class _Sampling(abc.ABC):
     """(params, key, extras of one image) -> one image [H, W, C]."""
 
 
-def _default_spec(task, config) -> ddpm_samplers.SamplingSpec:
-  """The DDPM sampling spec of a trained run: config.sample with the model's facts.
-
-  (The task is the owner of this spec; until it exposes one, it is built here,
-  from the same config keys as the task's `sample_options`.)
-  """
-  s = config.sample
-  return ddpm_samplers.SamplingSpec(
-      sampler=s.sampler, steps=int(s.steps), eta=float(s.eta), spacing=s.spacing,
-      variance=s.variance, clip_x0=bool(s.clip_x0), guidance=float(s.guidance),
-      label=None if s.label == -1 else int(s.label),
-      num_timesteps=int(task.schedule.num_timesteps), num_classes=int(task.num_classes),
-      null_label=bool(task.null_label)).validate()
-
-
 class _DDPMSampling(_Sampling):
   """DDPM: the samplers of `ddpm.samplers.SAMPLERS`; a request is a SamplingSpec.
 
-  The plan of a request is `replace(spec, **request).validate()`: every rule
-  (which sampler takes steps, the label and guidance rules) is the spec's.
-  The program is selected by the spec's static fields (sampler, steps, ...)
-  and whether guidance is on; eta, guidance and the label are per-image inputs.
+  The plan of a request is `replace(task.spec, **request).validate()`: the
+  sampling rules (which sampler takes which steps and options, the label and
+  guidance rules) are the spec's. The server adds only its own policy: its
+  limits (max_guidance), the steps range GET /models states, and that a
+  request's label is a class (not the null label). The program is selected
+  by the spec's static fields (sampler, steps, ...) and whether guidance is
+  on; eta, guidance and the label are per-image inputs.
   """
 
   def __init__(self, task, config, limits: Limits):
+    del config  # the task's spec is config.sample, validated
     self.task = task
-    self.spec = _default_spec(task, config)
+    self.spec = task.spec
     self.T = self.spec.num_timesteps
     self.default_sampler = self.spec.sampler
     # A request that switches to a sampler taking fewer steps, without naming steps.
@@ -346,9 +335,6 @@ class _DDPMSampling(_Sampling):
       if self.num_classes and not 0 <= o.label < self.num_classes:  # the null label is not a class
         raise RequestError("label", f"must be in [0, {self.num_classes - 1}], got {o.label}")
       changes["label"] = o.label
-    if o.guidance is not None and not self.guidance_ok:
-      raise RequestError("guidance", "needs a class-conditional model trained with label "
-                                     "dropout (a null label); this model has none")
     if rule.timesteps is not None and not 1 <= changes["steps"] <= self.T:  # as GET /models says
       raise RequestError("steps", f"must be in [1, {self.T}] for {sampler}, got "
                                   f"{changes['steps']}")
