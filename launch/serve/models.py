@@ -27,8 +27,10 @@ A plain vmap over the whole bucket does not give that: XLA:CPU's kernels
 round differently with the batch size and an image's place in it (48 of 688
 smoke-DDPM images differed by up to 3e-7, a grey level now and then). The
 price: a request of n images takes ceil(n / c) chunks, and a bucket runs
-its chunks one after another (c = 4 on CPU; a GPU wants c = the largest bucket,
-every call padded to it).
+its chunks one after another. Measured on 2 CPU cores, a 16-image DDIM-10
+call of the smoke DDPM (medians of 7): 290 ms at c = 4 (the default), 274 ms
+as one vmap of 16 (c = 16), 397 ms at c = 1. A GPU wants c = the largest
+bucket, every call padded to it.
 
 Compile count: per model, one program per (static part, bucket); static parts
 are (DDPM) sampler x steps (1..T for DDIM, T for the others) x guidance on/off,
