@@ -18,10 +18,13 @@ command line is checked against one schema):
   eval      evaluation protocol of `--mode evaluate`
   bench     `--mode bench` sizes
   mesh      device mesh
+  serve     `--mode serve`: host, port, limits, warm-up (as configs/serve.py)
 """
 from __future__ import annotations
 
 import ml_collections
+
+from configs import serve
 
 
 def get_base() -> ml_collections.ConfigDict:
@@ -156,6 +159,9 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data_axis = "data"
+
+  # `--mode serve` of this run: the server's settings (all of configs/serve.py but `models`).
+  c.serve = serve.server()
   return c
 
 

@@ -8,8 +8,9 @@ Serve every default CPU run (each workdir needs a checkpoint):
 
 Any key can be overridden: `--config.port=8080`,
 `--config.models.ddpm_fashion_mnist.workdir=/path/to/run`. The server
-itself is `launch/serve.py`; one trained workdir can also be served with
-`python -m launch --mode serve --config configs/X.py --workdir DIR`.
+itself is `launch/serve/`; one trained workdir can also be served with
+`python -m launch --mode serve --config configs/X.py --workdir DIR`, whose
+`serve` section holds the same settings (`--config.serve.port=8080`).
 
 Sections:
   host, port   where uvicorn listens (127.0.0.1: this machine only).
@@ -17,7 +18,8 @@ Sections:
                config spec the workdir was trained with ("path.py[:variant]"),
                or "" to read WORKDIR/config.json; `use_ema` samples with the
                EMA parameters. Names are what requests use in "model".
-  limits       what one request may ask for, and the queue (see launch/serve.py).
+  limits       what one request may ask for, the queue (launch/serve/queue.py)
+               and the connection bounds (launch/serve/connections.py).
   warmup       programs compiled at start, before /health reports ready:
                "all" (every sampler at its default steps, every bucket),
                "default" (the config's sampler only) or "none" (on demand).
@@ -40,24 +42,26 @@ def model(config: str, workdir: str, use_ema: bool = True) -> ml_collections.Con
   return ml_collections.ConfigDict({"config": config, "workdir": workdir, "use_ema": use_ema})
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The serve config; arg None (the Fashion-MNIST DDPM) or "all" (every default run)."""
-  c = ml_collections.ConfigDict()
+def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """The server's settings (all but `models`) into `c` (a new ConfigDict if None).
+
+  The same settings are the `serve` section of every experiment config
+  (configs/base.py), so `python -m launch --mode serve --config X --workdir W`
+  takes `--config.serve.port=8080` as `python -m launch.serve` takes
+  `--config.port=8080`.
+  """
+  c = ml_collections.ConfigDict() if c is None else c
   c.host = "127.0.0.1"
   c.port = 8000
   c.log_level = "info"
-
-  c.models = ml_collections.ConfigDict()
-  names = ("ddpm_fashion_mnist",) if not arg else tuple(_MODELS)
-  if arg and arg not in _VARIANTS:
-    raise ValueError(f"unknown variant {arg!r} of serve (allowed: {', '.join(_VARIANTS)})")
-  for name in names:
-    c.models[name] = model(*_MODELS[name])
-
   c.limits = ml_collections.ConfigDict()
   # Requests are padded to the smallest bucket that holds them (and batched up
   # to the largest): one compiled program per (model, sampler, steps, bucket).
-  c.limits.buckets = (1, 4, 16, 64)    # the largest is the most images per request
+  # A program computes `chunk` images at a time (a loop over bucket / chunk),
+  # each request starting a chunk: an image's bytes depend only on (model,
+  # options, seed, index), never on the bucket or the batch (launch/serve/models.py).
+  c.limits.buckets = (4, 16, 64)       # multiples of chunk; the largest: images per request
+  c.limits.chunk = 4                   # images computed together (0: the smallest bucket)
   c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
   c.limits.max_step_size = 100.0       # EBM Langevin step size
   c.limits.max_guidance = 20.0         # classifier-free guidance scale
@@ -66,5 +70,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.limits.max_body_bytes = 4096       # request bodies; beyond: 413
   c.limits.batch_wait_ms = 2.0         # how long a batch waits for same-settings requests
   c.limits.max_programs = 32           # compiled programs kept per model beyond the warm-up
+  # Connections (launch/serve/connections.py): idle and slow clients cannot block the server.
+  c.limits.max_connections = 2048      # open at most; beyond, the oldest idle one is closed
+  c.limits.max_requests = 256          # HTTP requests in progress; beyond: 503 + Retry-After
+  c.limits.header_timeout_s = 10.0     # to send a request's headers (from open / last answer)
+  c.limits.keep_alive_s = 5.0          # an idle keep-alive connection is closed after this
+  c.limits.body_timeout_s = 30.0       # to send a request's body; then 408
+  c.limits.max_header_bytes = 16384    # request line + headers; beyond: 400
   c.warmup = "all"                     # all | default | none
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The serve config; arg None (the Fashion-MNIST DDPM) or "all" (every default run)."""
+  if arg and arg not in _VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of serve (allowed: {', '.join(_VARIANTS)})")
+  c = server()
+  c.models = ml_collections.ConfigDict()
+  names = ("ddpm_fashion_mnist",) if not arg else tuple(_MODELS)
+  for name in names:
+    c.models[name] = model(*_MODELS[name])
   return c

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -189,6 +190,20 @@ def test_page_and_its_static_files(client):
   assert client.get("/static/..%2Fserve.py").status_code == 404
 
 
+def test_api_docs_are_served_from_the_package_without_external_hosts(client):
+  for path in ("/docs", "/redoc"):
+    r = client.get(path)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    refs = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert "/static/docs.js" in refs and "/static/style.css" in refs
+    assert all(ref.startswith("/") and not ref.startswith("//") for ref in refs), refs
+    assert "://" not in r.text  # no CDN (FastAPI's pages load cdn.jsdelivr.net)
+  script = client.get("/static/docs.js")
+  assert script.status_code == 200 and "://" not in script.text
+  assert 'fetch("/openapi.json")' in script.text
+  assert '<a href="/docs">' in client.get("/").text  # the page's "API docs" link
+
+
 def test_openapi_documents_endpoints_and_a_request_without_paths(client):
   spec = client.get("/openapi.json").json()
   assert {"/health", "/models", "/generate"} <= set(spec["paths"])
@@ -322,6 +337,55 @@ def test_a_failing_device_call_is_a_500_and_the_server_goes_on(batcher, client, 
   monkeypatch.undo()
   assert client.post("/generate", json={"model": "ebm", "num_images": 1}).status_code == 200
   assert client.get("/health").json()["ready"]
+
+
+def test_random_floats_compile_no_new_program(app, batcher, monkeypatch):
+  """Continuous options (eta, guidance, step_size) are program inputs: 1,000 requests with
+  random valid floats compile nothing once each (model, sampler, steps, bucket) is compiled."""
+  import jax  # pylint: disable=import-outside-toplevel
+  backend_compiles = []
+
+  def on_event(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      backend_compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  for model in batcher.models.values():  # the program lookup of a real call, then zeros
+    monkeypatch.setattr(model, "run", lambda static, bucket, seeds, index, extras, m=model: (
+        m.program(static, bucket), np.zeros((bucket, *m.image_shape), np.float32))[1])
+  limits = batcher.limits
+  rng = np.random.default_rng(0)
+  warm = {m.name: m.compiles for m in batcher.models.values()}
+  defaults = _post_many(app, [{"model": name, "num_images": n} for name in batcher.models
+                              for n in (1, limits.max_images)])  # the warmed-up programs
+  assert [r.status_code for r in defaults] == [200] * len(defaults)
+  assert {m.name: m.compiles for m in batcher.models.values()} == warm
+
+  def body(i):
+    kind = i % 3
+    n = int(rng.integers(1, limits.max_images + 1))
+    if kind == 0:
+      return {"model": "ddpm", "num_images": n, "sampler": "ddim", "steps": 5,
+              "eta": float(rng.uniform(0.0, 1.0)), "seed": i}
+    if kind == 1:
+      return {"model": "cond", "num_images": n, "guidance": float(rng.uniform(1.5, 20.0)),
+              "seed": i}
+    return {"model": "ebm", "num_images": n,
+            "step_size": float(rng.choice([5e-324, 1e-300, rng.uniform(1e-6, 100.0)])),
+            "seed": i}
+  first = _post_many(app, [{**body(k), "num_images": n} for k in range(3)
+                           for n in (1, limits.max_images)])  # every program once
+  assert all(r.status_code == 200 for r in first), [r.text for r in first]
+  before = {m.name: m.compiles for m in batcher.models.values()}
+  backend_compiles.clear()
+  responses = []
+  for start in range(0, 1000, 25):  # 25 at a time: fewer than the queue holds
+    responses += _post_many(app, [body(i) for i in range(start, start + 25)])
+  assert sorted({r.status_code for r in responses}) == [200], [
+      r.text for r in responses if r.status_code != 200][:3]
+  jax.monitoring.unregister_event_duration_listener(on_event)
+  assert {m.name: m.compiles for m in batcher.models.values()} == before
+  assert backend_compiles == []
 
 
 # ---------------------------------------------------------------------------

@@ -189,3 +189,21 @@ def test_page_generates_a_grid_on_click(browser, live_url):
   errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
       e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
   assert not errors, errors
+
+
+def test_api_docs_render_offline(browser, live_url):
+  """/docs renders every operation of /openapi.json from the package's files alone."""
+  browser.call("Network.enable")
+  browser.events.clear()
+  browser.call("Page.navigate", url=f"{live_url}/docs")
+  browser.wait_for("document.body && document.body.dataset.ready === '1'", timeout=60)
+  operations = browser.eval("[...document.querySelectorAll('.operation h2')]"
+                            ".map(h => h.textContent)")
+  assert {"GET /health", "GET /models", "POST /generate"} <= set(operations), operations
+  fields = browser.eval("[...document.getElementById('post-/generate')"
+                        ".querySelectorAll('td code')].map(c => c.textContent)")
+  assert {"model", "num_images", "seed", "step_size"} <= set(fields), fields
+  urls = [e["params"]["request"]["url"] for e in browser.events
+          if e.get("method") == "Network.requestWillBeSent"]
+  assert urls and all(u.startswith(live_url) for u in urls), urls
+  browser.call("Network.disable")

@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI) over trained DDPM and EBM workdirs.
 
     python -m launch.serve --config configs/serve.py [--config.port=8080 ...]
-    python -m launch --mode serve --config configs/X.py --workdir DIR   # one workdir
+    python -m launch --mode serve --config configs/X.py --workdir DIR \\
+        [--config.serve.port=8080 ...]                                   # one workdir
 
 At start the server loads the newest checkpoint of every model its config
 names (EMA parameters by default; a missing or unreadable checkpoint stops it
@@ -9,7 +10,8 @@ with a one-line error), starts listening, and compiles and runs once the
 warm-up programs in the background; `GET /health` answers 503 until they are
 done, then 200.
 
-Endpoints (OpenAPI at /openapi.json, Swagger UI at /docs):
+Endpoints (OpenAPI at /openapi.json; /docs and /redoc render it with the
+package's own static/docs.html: no CDN, works offline):
   GET  /          a page to pick model, class, sampler, steps and seed.
   GET  /health    ready or not, the queue and counters.
   GET  /models    every model: task, dataset, image shape, classes, samplers
@@ -17,6 +19,20 @@ Endpoints (OpenAPI at /openapi.json, Swagger UI at /docs):
   POST /generate  {"model", "num_images", "seed", "sampler", "steps", "eta",
                   "label", "guidance", "step_size", "format"} -> a PNG grid,
                   or JSON with one base64 PNG per image and the grid.
+
+Same seed, same bytes: an image depends only on (model, options, seed,
+index), not on `num_images`, the bucket or the requests batched with it
+(launch/serve/models.py says how, and what it costs).
+
+Connections (launch/serve/connections.py; bounds in `limits`, see
+configs/serve.py): a client must send a request's headers within
+`header_timeout_s` (10 s) of connecting or of its previous answer, and its
+body within `body_timeout_s` (30 s, else 408); idle keep-alive connections
+close after `keep_alive_s` (5 s); at most `max_connections` (2048) are open,
+a new one beyond closing the oldest idle one; at most `max_requests` (256)
+requests are in progress, beyond which the answer is a 503 with Retry-After.
+Idle or slow clients therefore cannot stop /health or /generate answering
+others (1,000 idle sockets from one client are tested).
 
 Requests never name files: a model is one of the names loaded at start.
 Bad input is a 4xx whose JSON body {"detail", "field", "errors"} names the
@@ -30,6 +46,7 @@ batching and `launch.serve.models` for programs and determinism.
 """
 # No `from __future__ import annotations` here: FastAPI and pydantic read the
 # annotations of the request model and the endpoint built inside `create_app`.
+import asyncio
 import base64
 import contextlib
 import io
@@ -52,12 +69,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launch import figures
 from launch.config_errors import ConfigError
+from launch.serve.connections import InFlightLimit, guarded_protocol, raise_fd_limit
 from launch.serve.models import (MAX_SEED, WARMUP, Limits, Options, RequestError, ServedModel,
                                  load_model, sampler_names)
 from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
 
 _STATIC = pathlib.Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
+                 "docs.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}
 
 
@@ -97,8 +116,10 @@ class ModelDescription(pydantic.BaseModel):
 
 
 class LimitsDescription(pydantic.BaseModel):
+  """What one request may ask for, and the connection bounds (configs/serve.py)."""
   max_images: int
   buckets: list[int]
+  chunk: int
   max_seed: int
   max_guidance: float
   max_step_size: float
@@ -106,6 +127,11 @@ class LimitsDescription(pydantic.BaseModel):
   queue_size: int
   timeout_s: float
   max_body_bytes: int
+  max_connections: int
+  max_requests: int
+  header_timeout_s: float
+  keep_alive_s: float
+  body_timeout_s: float
 
 
 class ModelsResponse(pydantic.BaseModel):
@@ -246,11 +272,13 @@ def _validation_response(exc: RequestValidationError) -> fastapi_responses.JSONR
 
 
 class BodyLimit:
-  """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed)."""
+  """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed), 408 for
+  a body part that takes over `timeout_s` to arrive (a client sending it slowly)."""
 
-  def __init__(self, app, max_bytes: int):
+  def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
     self.app = app
     self.max_bytes = max_bytes
+    self.timeout_s = timeout_s
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
@@ -270,7 +298,11 @@ class BodyLimit:
 
     async def limited_receive():
       nonlocal received
-      message = await receive()
+      try:
+        message = await asyncio.wait_for(receive(), self.timeout_s)
+      except asyncio.TimeoutError:
+        raise fastapi.HTTPException(
+            408, detail=f"body: not received within {self.timeout_s:g} s") from None
       if message["type"] == "http.request":
         received += len(message.get("body", b""))
         if received > self.max_bytes:
@@ -304,16 +336,21 @@ def _limits_description(batcher: Batcher, request_model) -> LimitsDescription:
       max_images=limits.max_images, buckets=list(limits.buckets), max_seed=MAX_SEED,
       max_guidance=bound("guidance"), max_step_size=bound("step_size"),
       max_langevin_steps=limits.max_langevin_steps, queue_size=limits.queue_size,
-      timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes)
+      timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes, chunk=limits.chunk,
+      max_connections=limits.max_connections, max_requests=limits.max_requests,
+      header_timeout_s=limits.header_timeout_s, keep_alive_s=limits.keep_alive_s,
+      body_timeout_s=limits.body_timeout_s)
 
 
 _ERRORS = {
     400: "Malformed JSON.",
+    408: "The body was not received within `limits.body_timeout_s`.",
     413: "Body too large.",
     422: "A field the schema or the model refuses; `field` names it.",
     500: "The device call failed (logged); the server goes on.",
     429: "Queue full; retry after Retry-After seconds.",
-    503: "Warming up, stopping, or the time limit passed; retry after Retry-After seconds.",
+    503: ("Warming up, stopping, the time limit passed, or `limits.max_requests` requests in "
+          "progress; retry after Retry-After seconds."),
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                 "schema": {"type": "integer"}}}
@@ -337,7 +374,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       shutdown. Tests that share one batcher between apps pass False.
 
   Returns:
-    The ASGI app (wrapped in the body-size limit).
+    The ASGI app, wrapped in the in-flight request limit and the body limits.
   """
   models = batcher.models
   if not models:
@@ -345,6 +382,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
   request_model = _request_model(models, batcher.limits)
   static = {name: (_STATIC / name).read_bytes() for name in _STATIC_FILES}
   index_html = (_STATIC / "index.html").read_bytes()
+  docs_html = (_STATIC / "docs.html").read_bytes()
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
@@ -362,7 +400,10 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       version="1.0",
       description=("Samples from trained DDPM diffusion and energy-based models. "
                    "Errors: {detail, field, errors}; 429/503 carry Retry-After."),
-      lifespan=lifespan)
+      lifespan=lifespan,
+      # FastAPI's /docs and /redoc load Swagger UI / ReDoc from a CDN (blank
+      # offline); ours is static/docs.html, which renders /openapi.json.
+      docs_url=None, redoc_url=None)
 
   @app.exception_handler(RequestValidationError)
   async def on_validation_error(request, exc):
@@ -387,6 +428,11 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
   @app.get("/", include_in_schema=False)
   async def index():
     return fastapi.Response(index_html, media_type="text/html; charset=utf-8")
+
+  @app.get("/docs", include_in_schema=False)
+  @app.get("/redoc", include_in_schema=False)
+  async def docs():
+    return fastapi.Response(docs_html, media_type="text/html; charset=utf-8")
 
   @app.get("/static/{name}", include_in_schema=False)
   async def static_file(name: str):
@@ -431,7 +477,7 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
                                                             "format": "binary"}}},
                        "headers": png_headers,
                        "description": "A PNG grid (format png) or JSON (format json)."},
-                 **_error_responses((400, 413, 422, 429, 500, 503))})
+                 **_error_responses((400, 408, 413, 422, 429, 500, 503))})
   async def generate(body: request_model):  # type: ignore[valid-type]
     """Samples `num_images` images; the same seed and options give the same images."""
     started = time.monotonic()
@@ -459,7 +505,16 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       return _error(500, None, f"server: sampling failed ({type(e).__name__})")
     return await _encode(model, plan.info, seed, result, body.format, started)
 
-  return BodyLimit(app, batcher.limits.max_body_bytes)
+  limits = batcher.limits
+  return InFlightLimit(BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s),
+                       limits.max_requests, _busy)
+
+
+async def _busy(scope, receive, send):
+  """The 503 of a request beyond `limits.max_requests` in progress."""
+  response = _error(503, None, "server: too many requests in progress; retry later",
+                    headers={"Retry-After": "1"})
+  return await response(scope, receive, send)
 
 
 async def _encode(model: ServedModel, info: Mapping[str, Any], seed: int, result: Result,
@@ -529,18 +584,25 @@ def run(config) -> None:
   batcher = build(config)
   app = create_app(batcher)
   log_level = config.get("log_level", "info")
+  limits = batcher.limits
+  # No `limit_concurrency`: uvicorn counts idle connections in it and answers
+  # plain-text 503s; the bounds are in launch/serve/connections.py instead.
+  max_connections = raise_fd_limit(limits.max_connections)
+  protocol = guarded_protocol(limits.header_timeout_s, max_connections)
   print(f"serving {', '.join(batcher.models)} on http://{config.host}:{config.port}/ "
         "(GET /health says when the samplers are compiled)", flush=True)
-  uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
-              timeout_keep_alive=5,
-              limit_concurrency=max(64, 4 * batcher.limits.queue_size + 16))
+  uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, http=protocol,
+              timeout_keep_alive=limits.keep_alive_s,
+              h11_max_incomplete_event_size=limits.max_header_bytes)
 
 
 def serve_config_for_workdir(config, workdir: str) -> ml_collections.ConfigDict:
   """The serve config of one trained workdir: configs/serve.py's defaults, one model.
 
-  `config.serve` (if the experiment config has such a section) overrides the
-  defaults' host, port, log_level, warmup and limits.
+  `config.serve` (every experiment config has it, from configs/base.py; a
+  workdir's config.json written before it existed may not) overrides the
+  defaults' host, port, log_level, warmup and limits: `python -m launch
+  --mode serve ... --config.serve.port=8080`.
   """
   from configs import serve as serve_defaults  # pylint: disable=import-outside-toplevel
   if not workdir:

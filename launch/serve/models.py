@@ -3,22 +3,40 @@
 A served model is a trained workdir (its newest checkpoint; EMA parameters by
 default) and a sampling adapter chosen by the task's name (`_SAMPLING`). The
 adapter turns the options of a request into a `Plan`: a hashable `static`
-part (sampler, steps, ... everything that changes the compiled program) and
-per-image arrays (label, guidance, eta) that are inputs of the program, so
-requests that differ only in those share one program and one device call.
+part (sampler, steps, ... the discrete options, which select the compiled
+program) and per-image arrays (label, guidance, eta, step_size: every
+continuous option) that are inputs of the program, so requests that differ
+only in those share one program and one device call. A DDPM plan is the
+run's `ddpm.samplers.SamplingSpec` with the request's options,
+`replace(spec, **request).validate()`: the spec owns the sampling rules.
 
-Programs. For a static part and a bucket size B, the program is
+Programs. For a static part and a bucket size B (a multiple of
+`limits.chunk` = c), the program is
 
     images[b] = task.sample(params, fold_in(key(seed[b]), index[b]), 1, ...)[0]
 
-vmapped over b < B and compiled once (`jax.jit(...).lower(...).compile()`):
-the whole sampling chain of every image is one XLA program, one device call.
-Image `i` of a request with seed `s` is drawn from the key fold_in(key(s), i)
-alone, so it does not depend on the bucket padding nor on the other requests
-batched with it: the same seed and options give the same images.
+computed c images at a time: a loop (`lax.map`) over B / c chunks, each a
+vmap over c images, compiled once (`jax.jit(...).lower(...).compile()`), one
+device call. Image `i` of a request with seed `s` is drawn from the key
+fold_in(key(s), i) alone, and every request starts a chunk
+(`launch.serve.queue.Batcher.layout`), so image i is always computed at place
+i mod c of a chunk of the same shape, whatever the bucket, the padding and
+the other requests of the call: its float32 values, and so its PNG bytes,
+depend only on (model, options, seed, index) (tests/test_serve_determinism.py).
+A plain vmap over the whole bucket does not give that: XLA:CPU's kernels
+round differently with the batch size and an image's place in it (48 of 688
+smoke-DDPM images differed by up to 3e-7, a grey level now and then). The
+price: a request of n images takes ceil(n / c) chunks, and a bucket runs
+its chunks one after another. Measured on 2 CPU cores, a 16-image DDIM-10
+call of the smoke DDPM (medians of 7): 290 ms at c = 4 (the default), 274 ms
+as one vmap of 16 (c = 16), 397 ms at c = 1. A GPU wants c = the largest
+bucket, every call padded to it.
 
-Compile count: per model, one program per (static part, bucket). The warm-up
-programs are kept; others live in an LRU of `limits.max_programs`.
+Compile count: per model, one program per (static part, bucket); static parts
+are (DDPM) sampler x steps (1..T for DDIM, T for the others) x guidance on/off,
+(EBM) Langevin steps in [1, limits.max_langevin_steps], (denoiser) one. No
+float of a request selects a program. The warm-up programs are kept; others
+live in an LRU of `limits.max_programs`.
 """
 from __future__ import annotations
 
@@ -37,6 +55,7 @@ from absl import logging
 from etils import epath
 
 from ddpm import samplers as ddpm_samplers
+from ebm import cd as ebm_cd
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import figures
@@ -64,7 +83,8 @@ class RequestError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one request may ask for, and how the queue behaves (see configs/serve.py)."""
-  buckets: tuple[int, ...] = (1, 4, 16, 64)
+  buckets: tuple[int, ...] = (4, 16, 64)
+  chunk: int = 0
   max_langevin_steps: int = 1024
   max_step_size: float = 100.0
   max_guidance: float = 20.0
@@ -73,10 +93,24 @@ class Limits:
   max_body_bytes: int = 4096
   batch_wait_ms: float = 2.0
   max_programs: int = 32
+  max_connections: int = 2048
+  max_requests: int = 256
+  header_timeout_s: float = 10.0
+  keep_alive_s: float = 5.0
+  body_timeout_s: float = 30.0
+  max_header_bytes: int = 16384
+
+  def __post_init__(self):
+    if not self.chunk:  # 0: the smallest bucket
+      object.__setattr__(self, "chunk", self.buckets[0])
 
   @property
   def max_images(self) -> int:
     return self.buckets[-1]
+
+  def slots(self, num: int) -> int:
+    """Places a request of `num` images takes in a batch: whole chunks (see the module doc)."""
+    return -(-num // self.chunk) * self.chunk
 
   def bucket(self, num: int) -> int:
     """The smallest bucket that holds `num` images (num <= max_images)."""
@@ -104,13 +138,21 @@ class Limits:
       raise ConfigError("limits.buckets", buckets,
                         reason="must be increasing integers in [1, 4096]")
     values["buckets"] = buckets
+    chunk = values.get("chunk", cls.chunk) or buckets[0]
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or any(
+        b % chunk for b in buckets):
+      raise ConfigError("limits.chunk", chunk,
+                        reason=f"must divide every bucket {buckets} (0: the smallest bucket)")
+    values["chunk"] = chunk
     for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
-                    ("max_programs", 0)):
+                    ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
+                    ("max_header_bytes", 1024)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"limits.{key}", v, allowed=f"an integer >= {lo}")
     for key, lo_open in (("max_step_size", True), ("max_guidance", False), ("timeout_s", True),
-                         ("batch_wait_ms", False)):
+                         ("batch_wait_ms", False), ("header_timeout_s", True),
+                         ("keep_alive_s", True), ("body_timeout_s", True)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or (
           v <= 0 if lo_open else v < 0):
@@ -229,97 +271,132 @@ class _Sampling(abc.ABC):
 
 
 class _DDPMSampling(_Sampling):
-  """DDPM: ancestral (Algorithm 2), deterministic (z = 0) and DDIM samplers."""
+  """DDPM: the samplers of `ddpm.samplers.SAMPLERS`; a request is a SamplingSpec.
+
+  The plan of a request is `replace(task.spec, **request).validate()`: the
+  sampling rules (which sampler takes which steps and options, the label and
+  guidance rules) are the spec's. The server adds only its own policy: its
+  limits (max_guidance), the steps range GET /models states, and that a
+  request's label is a class (not the null label). The program is selected
+  by the spec's static fields (sampler, steps, ...) and whether guidance is
+  on; eta, guidance and the label are per-image inputs.
+  """
 
   def __init__(self, task, config, limits: Limits):
-    s = config.sample
+    del config  # the task's spec is config.sample, validated
     self.task = task
-    self.T = int(task.schedule.num_timesteps)
-    self.spacing, self.variance, self.clip_x0 = s.spacing, s.variance, bool(s.clip_x0)
-    self.default_sampler = s.sampler
-    self.ddim_steps = int(s.steps) if s.sampler == "ddim" and s.steps else min(50, self.T)
-    self.eta = float(s.eta)
-    self.num_classes = int(task.num_classes)
-    self.guidance_ok = bool(task.null_label)
-    self.max_guidance = max(limits.max_guidance, float(s.guidance))
-    self.guidance = float(s.guidance) if self.guidance_ok else 1.0
-    self.default_label = int(s.label) if 0 <= s.label < max(self.num_classes, 1) else None
+    self.spec = task.spec
+    self.T = self.spec.num_timesteps
+    self.default_sampler = self.spec.sampler
+    # A request that switches to a sampler taking fewer steps, without naming steps.
+    self.short_steps = (self.spec.steps if self.spec.rule.timesteps is not None and
+                        self.spec.steps else min(50, self.T))
+    self.num_classes = self.spec.num_classes
+    self.guidance_ok = self.spec.null_label
+    self.max_guidance = max(limits.max_guidance, self.spec.guidance)
+    self.guidance = self.spec.guidance
+
+  def _steps_default(self, sampler: str) -> int:
+    if sampler == self.spec.sampler:
+      return self.spec.num_steps
+    return self.T if ddpm_samplers.SAMPLERS[sampler].timesteps is None else self.short_steps
 
   def samplers(self) -> list[SamplerInfo]:
-    return [SamplerInfo("ancestral", self.T, self.T, self.T, {"variance": self.variance}),
-            SamplerInfo("deterministic", self.T, self.T, self.T, {"variance": self.variance}),
-            SamplerInfo("ddim", 1, self.T, self.ddim_steps,
-                        {"eta": {"min": 0.0, "max": 1.0, "default": self.eta},
-                         "spacing": self.spacing})]
+    out = []
+    for name, rule in ddpm_samplers.SAMPLERS.items():
+      options = {"spacing": self.spec.spacing} if "spacing" in rule.options else {}
+      if "variance" in rule.options:
+        options["variance"] = self.spec.variance
+      if "eta" in rule.options:
+        options["eta"] = {"min": 0.0, "max": 1.0, "default": self.spec.eta}
+      lo = self.T if rule.timesteps is None else 1
+      out.append(SamplerInfo(name, lo, self.T, self._steps_default(name), options))
+    return out
 
   def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
     return {"label": np.zeros((bucket,), np.int32), "guidance": np.ones((bucket,), np.float32),
             "eta": np.zeros((bucket,), np.float32)}
 
   def plan(self, o: Options) -> Plan:
-    sampler = self.default_sampler if o.sampler is None else o.sampler
+    _reject(o, ("step_size",), "only energy-based (Langevin) models take step_size")
+    sampler = self.spec.sampler if o.sampler is None else o.sampler
     if sampler not in ddpm_samplers.SAMPLERS:
       raise RequestError("sampler", f"{sampler!r} is not a sampler of this model "
                                     f"(allowed: {', '.join(ddpm_samplers.SAMPLERS)})")
-    _reject(o, ("step_size",), "only energy-based (Langevin) models take step_size")
-    if sampler == "ddim":
-      steps = self.ddim_steps if o.steps is None else o.steps
-      if not 1 <= steps <= self.T:
-        raise RequestError("steps", f"must be in [1, {self.T}] for ddim, got {steps}")
-      try:
-        ddpm_samplers.ddim_timesteps(self.T, steps, self.spacing)
-      except ValueError as e:
-        raise RequestError("steps", str(e)) from None
-      eta = self.eta if o.eta is None else _in_range("eta", o.eta, 0.0, 1.0)
-    else:
-      steps = self.T
-      if o.steps not in (None, self.T):
-        raise RequestError("steps", f"the {sampler!r} sampler takes all T={self.T} steps, got "
-                                    f"{o.steps} (use sampler 'ddim' for fewer)")
-      _reject(o, ("eta",), "only the 'ddim' sampler takes eta")
-      eta = 0.0
-    labels, label_echo = _labels(o, self.num_classes, self.default_label)
-    if o.guidance is not None and not self.guidance_ok:
-      raise RequestError("guidance", "needs a class-conditional model trained with label "
-                                     "dropout (a null label); this model has none")
-    guidance = self.guidance if o.guidance is None else _in_range(
-        "guidance", o.guidance, 0.0, self.max_guidance)
-    guided = self.guidance_ok and guidance != 1.0
+    rule = ddpm_samplers.SAMPLERS[sampler]
+    if o.eta is not None and "eta" not in rule.options:
+      raise RequestError("eta", f"the {sampler!r} sampler takes no eta (only "
+                         f"{', '.join(n for n, r in ddpm_samplers.SAMPLERS.items() if 'eta' in r.options)})")
+    if o.guidance is not None:
+      _in_range("guidance", o.guidance, 0.0, self.max_guidance)  # the server's limit
+    changes = {"sampler": sampler,
+               "steps": self._steps_default(sampler) if o.steps is None else o.steps,
+               "eta": self.spec.eta if o.eta is None else o.eta,
+               "guidance": self.spec.guidance if o.guidance is None else o.guidance}
+    if o.label is not None:
+      if self.num_classes and not 0 <= o.label < self.num_classes:  # the null label is not a class
+        raise RequestError("label", f"must be in [0, {self.num_classes - 1}], got {o.label}")
+      changes["label"] = o.label
+    if rule.timesteps is not None and not 1 <= changes["steps"] <= self.T:  # as GET /models says
+      raise RequestError("steps", f"must be in [1, {self.T}] for {sampler}, got "
+                                  f"{changes['steps']}")
+    try:
+      spec = dataclasses.replace(self.spec, **changes).validate()
+    except ddpm_samplers.SpecError as e:
+      raise RequestError(e.field, f"{e.reason}, got {e.value!r}" if e.reason else str(e)) from None
     n = o.num_images
-    info = {"sampler": sampler, "steps": steps, "labels": label_echo}
-    if sampler == "ddim":
-      info["eta"] = eta
+    labels = spec.labels(n)
+    guided = spec.null_label and spec.guidance != 1.0
+    info = {"sampler": spec.sampler, "steps": spec.num_steps,
+            "labels": None if labels is None else labels.tolist()}
+    if "eta" in rule.options:
+      info["eta"] = spec.eta
     if self.guidance_ok:
-      info["guidance"] = guidance
-    return Plan(static=(sampler, steps, guided),
-                extras={"label": labels, "guidance": np.full((n,), guidance, np.float32),
-                        "eta": np.full((n,), eta, np.float32)},
+      info["guidance"] = spec.guidance
+    return Plan(static=self._static(spec, guided),
+                extras={"label": np.zeros((n,), np.int32) if labels is None else labels,
+                        "guidance": np.full((n,), spec.guidance, np.float32),
+                        "eta": np.full((n,), spec.eta, np.float32)},
                 info=info)
 
+  @staticmethod
+  def _static(spec: ddpm_samplers.SamplingSpec, guided: bool) -> tuple:
+    """What selects the program: the spec less its per-image values, and guidance on/off.
+
+    steps is made explicit (0 means T) so that both spellings share a program.
+    """
+    return (dataclasses.replace(spec, steps=spec.num_steps, eta=0.0, guidance=1.0, label=None),
+            guided)
+
   def warm_statics(self, which: str) -> list[tuple]:
-    guided = self.guidance_ok and self.guidance != 1.0
-    default = (self.default_sampler, self.ddim_steps if self.default_sampler == "ddim" else self.T,
-               guided)
+    guided = self.guidance_ok and self.spec.guidance != 1.0
+    default = self._static(self.spec, guided)
     if which == "default":
       return [default]
-    everything = [("ancestral", self.T, guided), ("deterministic", self.T, guided),
-                  ("ddim", self.ddim_steps, guided)]
-    return [default] + [s for s in everything if s != default]
+    others = [self._static(dataclasses.replace(self.spec, sampler=name,
+                                               steps=self._steps_default(name)), guided)
+              for name in ddpm_samplers.SAMPLERS]
+    return [default] + [s for s in others if s != default]
 
   def sample_one(self, static: tuple) -> Callable:
-    sampler, steps, guided = static
+    spec, guided = static
     task, conditional = self.task, self.num_classes > 0
 
     def one(params, key, ex):
-      return task.sample(params, key, 1, sampler=sampler, steps=steps if sampler == "ddim" else 0,
-                         eta=ex["eta"], spacing=self.spacing, variance=self.variance,
-                         clip_x0=self.clip_x0, label=ex["label"][None] if conditional else None,
+      return task.sample(params, key, 1, sampler=spec.sampler, steps=spec.steps, eta=ex["eta"],
+                         spacing=spec.spacing, variance=spec.variance, clip_x0=spec.clip_x0,
+                         label=ex["label"][None] if conditional else None,
                          guidance=ex["guidance"] if guided else 1.0)[0]
     return one
 
 
 class _EBMSampling(_Sampling):
-  """EBM: a Langevin chain from uniform noise (steps and step size per request)."""
+  """EBM: a Langevin chain from uniform noise (steps and step size per request).
+
+  The step size is a per-image input of the program (any float in range
+  reuses it); the number of steps selects the program (at most
+  `limits.max_langevin_steps` of them per bucket).
+  """
 
   def __init__(self, task, config, limits: Limits):
     self.task = task
@@ -348,25 +425,30 @@ class _EBMSampling(_Sampling):
       raise RequestError("steps", f"must be in [1, {self.max_steps}], got {steps}")
     step_size = self.step_size if o.step_size is None else _in_range(
         "step_size", o.step_size, 0.0, self.max_step_size, lo_open=True)
-    return Plan(static=("langevin", steps, step_size), extras={},
+    n = o.num_images
+    return Plan(static=("langevin", steps),
+                extras={"step_size": np.full((n,), step_size, np.float32)},
                 info={"sampler": "langevin", "steps": steps, "step_size": step_size,
                       "labels": None})
 
   def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
-    del bucket
-    return {}
+    return {"step_size": np.full((bucket,), self.step_size, np.float32)}
 
   def warm_statics(self, which: str) -> list[tuple]:
     del which
-    return [("langevin", self.steps, self.step_size)]
+    return [("langevin", self.steps)]
 
   def sample_one(self, static: tuple) -> Callable:
-    _, steps, step_size = static
+    _, steps = static
     task = self.task
 
     def one(params, key, ex):
-      del ex
-      return task.sample(params, key, 1, steps=steps, step_size=step_size)[0]
+      # `task.sample` takes the chain as static settings (a new step size would
+      # compile a new program): the same `cd.sample` with a traced step size.
+      chain = dataclasses.replace(task.sample_langevin, num_steps=steps,
+                                  step_size=ex["step_size"])
+      return ebm_cd.sample(params, key, 1, network=task.network,
+                           image_shape=tuple(task.image_shape), langevin_settings=chain)[0]
     return one
 
 
@@ -428,12 +510,21 @@ def sampler_names() -> tuple[str, ...]:
 # Served models.
 
 
-def _vmapped(sample_one: Callable) -> Callable:
-  """(params, seeds [B], index [B], extras [B]) -> images [B, H, W, C]; see module doc."""
+def _chunked(sample_one: Callable, chunk: int) -> Callable:
+  """(params, seeds [B], index [B], extras [B]) -> images [B, H, W, C]; see module doc.
+
+  B is a multiple of `chunk`: a loop (`lax.map`) over B / chunk chunks, each
+  `chunk` images vmapped, so every bucket runs the same chunk computation.
+  """
   def run(params, seeds, index, extras):
     def one(seed, i, ex):
       return sample_one(params, jax.random.fold_in(jax.random.key(seed), i), ex)
-    return jax.vmap(one)(seeds, index, extras)
+
+    def in_chunks(a):
+      return a.reshape((a.shape[0] // chunk, chunk) + a.shape[1:])
+    images = jax.lax.map(lambda xs: jax.vmap(one)(*xs),
+                         jax.tree.map(in_chunks, (seeds, index, extras)))
+    return images.reshape((-1,) + images.shape[2:])
   return run
 
 
@@ -495,7 +586,7 @@ class ServedModel:
         if pin:
           self._pinned.add(key)
         return compiled
-    fn = jax.jit(_vmapped(self.sampling.sample_one(static)))
+    fn = jax.jit(_chunked(self.sampling.sample_one(static), self.limits.chunk))
     compiled = fn.lower(*self._example_inputs(bucket)).compile()
     with self._lock:
       self.compiles += 1

@@ -259,14 +259,14 @@ class Batcher:
       self._run(batch)
 
   def _take_same_key(self, batch: list[Job], total: int) -> int:
-    """Moves waiting jobs with the batch's key that still fit into `batch`."""
+    """Moves waiting jobs with the batch's key that still fit into `batch` (total: slots)."""
     key = batch[0].key
     for job in list(self._queue):
-      if job.key == key and total + job.num <= self.limits.max_images:
+      if job.key == key and total + self.limits.slots(job.num) <= self.limits.max_images:
         self._queue.remove(job)
         if not job.cancelled:
           batch.append(job)
-          total += job.num
+          total += self.limits.slots(job.num)
     return total
 
   def _next_batch(self) -> list[Job] | None:
@@ -286,7 +286,7 @@ class Batcher:
           continue
         break
       batch = [head]
-      total = self._take_same_key(batch, head.num)
+      total = self._take_same_key(batch, self.limits.slots(head.num))
       wait_until = time.monotonic() + self.limits.batch_wait_ms / 1000.0
       while total < self.limits.max_images and not self._stopping:
         remaining = wait_until - time.monotonic()
@@ -302,15 +302,7 @@ class Batcher:
       return
     model, static = batch[0].model, batch[0].plan.static
     total = sum(job.num for job in batch)
-    bucket = self.limits.bucket(total)
-    pad = bucket - total
-    seeds = np.concatenate([np.full((j.num,), j.seed, np.uint32) for j in batch]
-                           + [np.zeros((pad,), np.uint32)])
-    index = np.concatenate([np.arange(j.num, dtype=np.int32) for j in batch]
-                           + [np.zeros((pad,), np.int32)])
-    extras = {name: np.concatenate([j.plan.extras[name] for j in batch]
-                                   + [np.zeros((pad,), value.dtype)])
-              for name, value in batch[0].plan.extras.items()}
+    bucket, offsets, seeds, index, extras = self.layout(batch)
     start = time.monotonic()
     try:
       images = model.run(static, bucket, seeds, index, extras)
@@ -324,9 +316,32 @@ class Batcher:
     self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
     self._count("batches")
     self._count("images", total)
-    offset = 0
-    for job in batch:
+    for job, offset in zip(batch, offsets):
       _deliver(job, Result(images=images[offset:offset + job.num], batch_images=total,
                            bucket=bucket, batch_requests=len(batch),
                            queued_s=start - job.submitted, run_s=run_s))
-      offset += job.num
+
+  def layout(self, batch: list[Job]):
+    """The inputs of one device call: each job starts a chunk, padding fills the rest.
+
+    Image i of a job sits at place i mod chunk of a chunk whatever the job
+    was batched with, so it is computed the same way in every batch (see
+    `launch.serve.models`).
+
+    Returns:
+      (bucket, offsets: each job's first place, seeds [bucket], index
+      [bucket], extras: name -> [bucket]).
+    """
+    slots = [self.limits.slots(job.num) for job in batch]
+    bucket = self.limits.bucket(sum(slots))
+    offsets = np.cumsum([0] + slots)[:-1].tolist()
+    seeds = np.zeros((bucket,), np.uint32)
+    index = np.zeros((bucket,), np.int32)
+    extras = {name: np.zeros((bucket,), value.dtype)
+              for name, value in batch[0].plan.extras.items()}
+    for job, offset in zip(batch, offsets):
+      seeds[offset:offset + job.num] = job.seed
+      index[offset:offset + job.num] = np.arange(job.num)
+      for name, value in job.plan.extras.items():
+        extras[name][offset:offset + job.num] = value
+    return bucket, offsets, seeds, index, extras
