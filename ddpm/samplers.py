@@ -334,35 +334,22 @@ def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str, *, rho: f
   """
   alpha_bars = _alpha_bars_f64(schedule)
   num_timesteps = len(alpha_bars)
+  if spacing != "karras":
+    return ode_timesteps(num_timesteps, num_steps, spacing)
   if not 1 <= num_steps < num_timesteps:
     raise ValueError(f"num_steps must be in [1, {num_timesteps - 1}], got {num_steps}")
-  if spacing == "linspace":
-    ts = np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1]
-  elif spacing == "leading":
-    ts = (np.arange(num_steps + 1) * (num_timesteps // (num_steps + 1)))[::-1][:-1]
-  elif spacing == "trailing":
-    ts = np.arange(num_timesteps, 0, -num_timesteps / num_steps).round() - 1
-  elif spacing == "heun_linspace":
-    ts = np.linspace(num_timesteps - 1, 0, num_steps).round()
-  elif spacing == "karras":
-    s = np.sqrt((1.0 - alpha_bars) / alpha_bars)
-    hi = s[-1] if sigma_max is None else min(float(sigma_max), s[-1])
-    if not hi > s[0]:
-      raise ValueError(f"sigma_max must exceed sigma_min = {s[0]:.4g}, got {sigma_max}")
-    if num_steps < 2:
-      raise ValueError(f"'karras' spacing needs num_steps >= 2, got {num_steps}")
-    ts = sigma_to_t(karras_sigmas(s[0], hi, num_steps, rho), alpha_bars).round()
-  else:
-    raise ValueError(f"unknown spacing {spacing!r}; allowed: "
-                     f"{DPM_SPACINGS + ('heun_linspace',)}")
+  s = np.sqrt((1.0 - alpha_bars) / alpha_bars)
+  hi = s[-1] if sigma_max is None else min(float(sigma_max), s[-1])
+  if not hi > s[0]:
+    raise ValueError(f"sigma_max must exceed sigma_min = {s[0]:.4g}, got {sigma_max}")
+  if num_steps < 2:
+    raise ValueError(f"'karras' spacing needs num_steps >= 2, got {num_steps}")
+  ts = sigma_to_t(karras_sigmas(s[0], hi, num_steps, rho), alpha_bars).round()
   ts = ts.astype(np.int64)
   if len(ts) != num_steps or np.any(np.diff(ts) >= 0) or ts[-1] < 0:
-    hint = ""
-    if spacing == "karras":
-      hint = (f" or a lower sigma_max (this schedule's s_(T-1) is "
-              f"{np.sqrt((1 - alpha_bars[-1]) / alpha_bars[-1]):.4g}; EDM uses 80)")
-    raise ValueError(f"{spacing!r} spacing cannot fit {num_steps} distinct integer steps "
-                     f"in T = {num_timesteps} timesteps; use fewer steps{hint}")
+    raise ValueError(f"'karras' spacing cannot fit {num_steps} distinct integer steps "
+                     f"in T = {num_timesteps} timesteps; use fewer steps or a lower sigma_max "
+                     f"(this schedule's s_(T-1) is {s[-1]:.4g}; EDM uses 80)")
   return ts.astype(np.int32)
 
 
@@ -519,6 +506,37 @@ def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: ja
   return out[0]
 
 
+def ode_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
+  """`solver_timesteps` for the spacings that depend on T alone (not "karras").
+
+  Args:
+    num_timesteps: T.
+    num_steps: N, 1 <= N < T.
+    spacing: "linspace", "leading", "trailing" or "heun_linspace".
+
+  Returns:
+    int32 [N], strictly decreasing; a ValueError when N steps do not fit.
+  """
+  if not 1 <= num_steps < num_timesteps:
+    raise ValueError(f"num_steps must be in [1, {num_timesteps - 1}], got {num_steps}")
+  if spacing == "linspace":
+    ts = np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1]
+  elif spacing == "leading":
+    ts = (np.arange(num_steps + 1) * (num_timesteps // (num_steps + 1)))[::-1][:-1]
+  elif spacing == "trailing":
+    ts = np.arange(num_timesteps, 0, -num_timesteps / num_steps).round() - 1
+  elif spacing == "heun_linspace":
+    ts = np.linspace(num_timesteps - 1, 0, num_steps).round()
+  else:
+    raise ValueError(f"unknown spacing {spacing!r}; allowed: "
+                     f"{DPM_SPACINGS + ('heun_linspace',)}")
+  ts = ts.astype(np.int64)
+  if len(ts) != num_steps or np.any(np.diff(ts) >= 0) or ts[-1] < 0:
+    raise ValueError(f"{spacing!r} spacing cannot fit {num_steps} distinct integer steps "
+                     f"in T = {num_timesteps} timesteps; use fewer steps")
+  return ts.astype(np.int32)
+
+
 def heun_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Array, *,
                 num_steps: int = 10, spacing: str = "karras", rho: float = 7.0,
                 sigma_max: float | None = None, clip_x0: bool = False,
@@ -662,7 +680,10 @@ class SamplingSpec:
   @property
   def num_steps(self) -> int:
     """The number of network evaluations of the chain (steps, 0 meaning T)."""
-    return self.steps or self.num_timesteps
+    if self.steps:
+      return self.steps
+    default = SAMPLERS[self.sampler].default_steps if self.sampler in SAMPLERS else 0
+    return min(default, self.num_timesteps - 1) if default else self.num_timesteps
 
   @property
   def rule(self) -> SamplerRule:
@@ -690,7 +711,7 @@ class SamplingSpec:
                         f"T={t_max} steps; only {' / '.join(map(repr, names))} take fewer")
     else:
       try:
-        rule.timesteps(t_max, steps or t_max, self.spacing)
+        rule.timesteps(t_max, self.num_steps, self.spacing)
       except ValueError as e:
         raise SpecError("steps", steps, reason=str(e)) from None
     _check_float("eta", self.eta, 0.0, 1.0)
@@ -762,10 +783,13 @@ class SamplerRule:
       raising ValueError when S steps do not fit (the step rule).
     options: the spec options the sampler reads besides clip_x0 and the
       label / guidance ones (so a server can refuse the others).
+    default_steps: the chain length of steps = 0; 0 means T (the ODE
+      solvers, which take at most T - 1 steps, default to a short chain).
   """
   run: Callable[..., Any]
   timesteps: Callable[[int, int, str], np.ndarray] | None = None
   options: tuple[str, ...] = ()
+  default_steps: int = 0
 
 
 SAMPLERS: dict[str, SamplerRule] = {
@@ -783,6 +807,21 @@ SAMPLERS: dict[str, SamplerRule] = {
             eps_fn, schedule, x_T, key, num_steps=spec.num_steps, eta=spec.eta,
             spacing=spec.spacing, clip_x0=spec.clip_x0, capture_every=capture_every),
         timesteps=ddim_timesteps, options=("steps", "eta", "spacing")),
+    # The ODE solvers on T-only spacings (diffusers' defaults), so that the
+    # step rule needs T alone: DPM-Solver++ 2M on "linspace", EDM's Heun on
+    # "heun_linspace" (2N - 1 network calls for N steps).
+    "dpmpp_2m": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
+            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
+            clip_x0=spec.clip_x0, capture_every=capture_every),
+        timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
+        options=("steps",), default_steps=20),
+    "heun": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: heun_sample(
+            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, spacing="linspace",
+            clip_x0=spec.clip_x0, capture_every=capture_every),
+        timesteps=lambda t, s, _: ode_timesteps(t, s, "heun_linspace")[::-1].copy(),
+        options=("steps",), default_steps=10),
 }
 """Every sampler by name. Add a sampler by adding an entry (after its function)."""
 

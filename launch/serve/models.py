@@ -299,7 +299,22 @@ class _DDPMSampling(_Sampling):
   def _steps_default(self, sampler: str) -> int:
     if sampler == self.spec.sampler:
       return self.spec.num_steps
-    return self.T if ddpm_samplers.SAMPLERS[sampler].timesteps is None else self.short_steps
+    rule = ddpm_samplers.SAMPLERS[sampler]
+    if rule.timesteps is None:
+      return self.T
+    if rule.default_steps:  # the ODE solvers' own short default
+      return dataclasses.replace(self.spec, sampler=sampler, steps=0).num_steps
+    return self.short_steps
+
+  def _max_steps(self, rule) -> int:
+    """The longest chain the sampler's step rule allows (T, or T - 1 for the ODE solvers)."""
+    if rule.timesteps is None:
+      return self.T
+    try:
+      rule.timesteps(self.T, self.T, self.spec.spacing)
+      return self.T
+    except ValueError:
+      return self.T - 1
 
   def samplers(self) -> list[SamplerInfo]:
     out = []
@@ -310,7 +325,7 @@ class _DDPMSampling(_Sampling):
       if "eta" in rule.options:
         options["eta"] = {"min": 0.0, "max": 1.0, "default": self.spec.eta}
       lo = self.T if rule.timesteps is None else 1
-      out.append(SamplerInfo(name, lo, self.T, self._steps_default(name), options))
+      out.append(SamplerInfo(name, lo, self._max_steps(rule), self._steps_default(name), options))
     return out
 
   def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
