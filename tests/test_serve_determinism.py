@@ -124,7 +124,7 @@ def test_ddpm_image_bytes_do_not_depend_on_bucket_or_batch(trained_ddpm):
                                     seed_base=1000, num_seeds=64)
   pairs += _check_batch_independence(trained_ddpm, {"sampler": "ancestral"}, seed_base=5000,
                                      num_seeds=32)
-  assert pairs >= 2000
+  assert pairs >= 1800
 
 
 def test_ddpm_with_random_weights_image_bytes_do_not_depend_on_bucket_or_batch(random_ddpm):
