@@ -373,7 +373,7 @@ def _bench_train(config, bs: BenchSettings, peaks: dict[str, float], tag: str = 
                repeats=bs.repeats, warmup=bs.warmup, num_devices=nd, donate_first=True)
   settings = _base_settings(config, run.task, bs.batch_size, config.model.dtype, run.mesh)
   flops = m.flops
-  if config.task == "ebm" and flops:
+  if hasattr(run.task, "energy") and flops:   # an energy model: its step runs a chain
     # XLA's cost analysis counts a loop body once: add the other K - 1 Langevin steps.
     steps = run.task.settings.langevin.num_steps
     grad_flops = _energy_grad_flops(run, bs.batch_size)
@@ -422,7 +422,7 @@ def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
   settings = _base_settings(config, task, batch, config.model.dtype, mesh)
   records = []
 
-  if config.task == "denoiser":
+  if "sampler" not in task.sample_options():   # one step (the denoiser): no chain
     fn = jax.jit(lambda p, k, x: task.sample(p, k, batch, noise=x),
                  in_shardings=(repl, repl, data), out_shardings=data)
     m = _measure("denoiser sample", fn, (params, key, noise), repeats=bs.repeats,
@@ -730,9 +730,12 @@ def run_bench(config) -> list[dict[str, Any]]:
   cfg = _variant(config, {"train.batch_size": bs.batch_size})
   mesh = sharding.make_mesh(config.mesh.data_axis)
   _check_divisible("bench.batch_size", bs.batch_size, mesh)
-  if config.task in ("ddpm", "denoiser"):
+  task = tasks.build(cfg)
+  is_energy = hasattr(task, "energy")             # sampled by a Langevin chain
+  is_diffusion = task.sample is not None and not is_energy
+  if is_diffusion:
     _check_divisible("bench.sample_batch", bs.sample_batch, mesh)
-  if config.task == "ddpm" and bs.sample_steps > config.diffusion.num_timesteps:
+  if "sampler" in task.sample_options() and bs.sample_steps > config.diffusion.num_timesteps:
     raise ConfigError("bench.sample_steps", bs.sample_steps,
                       reason=f"must be <= diffusion.num_timesteps "
                              f"({config.diffusion.num_timesteps})")
@@ -742,11 +745,11 @@ def run_bench(config) -> list[dict[str, Any]]:
   dtypes = bs.dtypes if config.task in _DTYPE_TASKS else ("float32",)
   for dtype in dtypes:
     records += _bench_train(_variant(cfg, {"model.dtype": dtype}), bs, peaks)
-  if config.task in ("ddpm", "denoiser"):
+  if is_diffusion:
     records += _bench_ddpm_sampling(cfg, bs, peaks)
-  elif config.task == "ebm":
+  elif is_energy:
     records += _bench_langevin(cfg, bs, peaks)
-    shape = tasks.build(cfg).image_shape
+    shape = task.image_shape
     if (bs.ebm_peer_shape and config.model.name == "cnn_tutorial"
         and tuple(shape) != _PEER_SHAPE_EBM):
       peer_cfg = _variant(cfg, {"data.name": "cifar10", "data.pad_to_32": False,
