@@ -63,6 +63,10 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   c.limits.buckets = (4, 16, 64)       # multiples of chunk; the largest: images per request
   c.limits.chunk = 4                   # images computed together (0: the smallest bucket)
   c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
+  # The chain lengths a request may ask for besides a sampler's default: each
+  # compiles one program, so a client can cause at most len + 1 per sampler.
+  c.limits.step_choices = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75,
+                           100, 150, 200, 250, 300, 500, 750, 1000, 2000)
   c.limits.max_step_size = 100.0       # EBM Langevin step size
   c.limits.max_guidance = 20.0         # classifier-free guidance scale
   c.limits.queue_size = 32             # waiting requests; beyond: 429 + Retry-After

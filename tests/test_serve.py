@@ -169,7 +169,11 @@ def test_models_describes_tasks_shapes_classes_samplers_and_limits(client):
                                                                   [32, 32, 1])
   assert not ddpm["conditional"] and ddpm["classes"] == [] and not ddpm["guidance"]
   assert {s["name"]: (s["steps_min"], s["steps_max"]) for s in ddpm["samplers"]} == {
-      "ancestral": (T, T), "deterministic": (T, T), "ddim": (1, T)}
+      "ancestral": (T, T), "deterministic": (T, T), "ddim": (1, T),
+      "dpmpp_2m": (1, T - 1), "heun": (1, T - 1)}
+  ddim = next(s for s in ddpm["samplers"] if s["name"] == "ddim")
+  assert ddim["steps_choices"] == sorted(
+      {v for v in serve_models.STEP_CHOICES if v <= T} | {ddim["steps_default"]})
   assert cond["conditional"] and cond["guidance"] and cond["num_classes"] == 10
   assert cond["classes"] == [str(i) for i in range(10)]  # MNIST
   assert (ebm["task"], ebm["image_shape"], ebm["default_sampler"]) == ("ebm", [28, 28, 1],
@@ -388,6 +392,32 @@ def test_random_floats_compile_no_new_program(app, batcher, monkeypatch):
   assert backend_compiles == []
 
 
+def test_integer_steps_cause_a_known_number_of_programs(app, batcher, monkeypatch):
+  """Every steps value 1..T of every DDIM / ODE-solver request, and Langevin steps up to
+  1024: a step outside limits.step_choices is a 422, so the programs a client can cause
+  are at most len(step_choices) + 1 per sampler and bucket."""
+  programs = {name: set() for name in batcher.models}  # what each call would compile
+  for model in batcher.models.values():
+    monkeypatch.setattr(model, "run", lambda static, bucket, seeds, index, extras, m=model: (
+        programs[m.name].add((static, bucket)), np.zeros((bucket, *m.image_shape),
+                                                          np.float32))[1])
+  bodies = [{"model": "ddpm", "num_images": 1, "sampler": sampler, "steps": steps}
+            for sampler in ("ddim", "dpmpp_2m", "heun") for steps in range(1, T + 1)]
+  bodies += [{"model": "ebm", "num_images": 1, "steps": steps} for steps in range(1, 1025)]
+  responses = []
+  for start in range(0, len(bodies), 25):
+    responses += _post_many(app, bodies[start:start + 25])
+  choices = batcher.limits.step_choices
+  for b, r in zip(bodies, responses):
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:  # not a choice, or T for an ODE solver (at most T - 1)
+      assert r.json()["field"] == "steps", r.text
+      assert b["steps"] not in choices or (b.get("sampler") in ("dpmpp_2m", "heun") and
+                                           b["steps"] == T), r.text
+  assert 3 * 10 <= len(programs["ddpm"]) <= 3 * (len(choices) + 1), len(programs["ddpm"])
+  assert 10 <= len(programs["ebm"]) <= len(choices) + 1, len(programs["ebm"])
+
+
 # ---------------------------------------------------------------------------
 # Bad input: a 4xx whose message names the field.
 
@@ -412,6 +442,9 @@ BAD_REQUESTS = [
     ({"model": "ddpm", "steps": 5}, "steps"),                       # ancestral takes all T
     ({"model": "ddpm", "sampler": "ddim", "steps": T + 1}, "steps"),
     ({"model": "ebm", "steps": 1025}, "steps"),
+    ({"model": "ddpm", "sampler": "ddim", "steps": 11}, "steps"),   # not a step choice
+    ({"model": "ddpm", "sampler": "dpmpp_2m", "steps": T}, "steps"),  # ODE solvers: < T
+    ({"model": "ebm", "steps": 999}, "steps"),                      # not a step choice
     ({"model": "ebm", "steps": [8]}, "steps"),
     # sampler
     ({"model": "ddpm", "sampler": "langevin"}, "sampler"),

@@ -97,6 +97,7 @@ class SamplerDescription(pydantic.BaseModel):
   steps_max: int
   steps_default: int
   options: dict[str, Any] = {}
+  steps_choices: list[int] = []
 
 
 class ModelDescription(pydantic.BaseModel):

@@ -33,10 +33,13 @@ as one vmap of 16 (c = 16), 397 ms at c = 1. A GPU wants c = the largest
 bucket, every call padded to it.
 
 Compile count: per model, one program per (static part, bucket); static parts
-are (DDPM) sampler x steps (1..T for DDIM, T for the others) x guidance on/off,
-(EBM) Langevin steps in [1, limits.max_langevin_steps], (denoiser) one. No
-float of a request selects a program. The warm-up programs are kept; others
-live in an LRU of `limits.max_programs`.
+are (DDPM) sampler x steps x guidance on/off, (EBM) Langevin steps,
+(denoiser) one. A request's steps must be the sampler's default or one of
+`limits.step_choices` (`STEP_CHOICES`, 28 values) within the sampler's range,
+so a client can cause at most (len(step_choices) + 1) programs per sampler,
+guidance setting and bucket, whatever it sends. No float of a request
+selects a program. The warm-up programs are kept; others live in an LRU of
+`limits.max_programs`.
 """
 from __future__ import annotations
 
@@ -80,10 +83,16 @@ class RequestError(ValueError):
 # Limits (from the serve config's `limits` section).
 
 
+STEP_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 150, 200,
+                250, 300, 500, 750, 1000, 2000)
+"""The chain lengths a request may ask for besides a sampler's default (each compiles once)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one request may ask for, and how the queue behaves (see configs/serve.py)."""
   buckets: tuple[int, ...] = (4, 16, 64)
+  step_choices: tuple[int, ...] = STEP_CHOICES
   chunk: int = 0
   max_langevin_steps: int = 1024
   max_step_size: float = 100.0
@@ -144,6 +153,16 @@ class Limits:
       raise ConfigError("limits.chunk", chunk,
                         reason=f"must divide every bucket {buckets} (0: the smallest bucket)")
     values["chunk"] = chunk
+    choices = values.get("step_choices", cls.step_choices)
+    try:
+      choices = tuple(choices)
+    except TypeError:
+      choices = None
+    if (not choices or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in choices)
+        or list(choices) != sorted(set(choices)) or len(choices) > 64):
+      raise ConfigError("limits.step_choices", values.get("step_choices"),
+                        reason="must be at most 64 increasing integers >= 1")
+    values["step_choices"] = choices
     for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
                     ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
                     ("max_header_bytes", 1024)):
@@ -195,12 +214,27 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerInfo:
-  """A sampler of a model: its steps range and which extra options it takes."""
+  """A sampler of a model: its steps range and which extra options it takes.
+
+  steps_choices: the steps a request may ask for (the default included).
+  """
   name: str
   steps_min: int
   steps_max: int
   steps_default: int
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  steps_choices: tuple[int, ...] = ()
+
+
+def _step_choices(limits: "Limits", lo: int, hi: int, default: int) -> tuple[int, ...]:
+  """The steps a request may send: limits.step_choices within [lo, hi], and the default."""
+  return tuple(sorted({v for v in limits.step_choices if lo <= v <= hi} | {default}))
+
+
+def _check_steps(steps: int, choices: tuple[int, ...], sampler: str) -> None:
+  if steps not in choices:
+    raise RequestError("steps", f"{steps} is not one of the chain lengths this server runs for "
+                                f"{sampler} ({', '.join(map(str, choices))}; limits.step_choices)")
 
 
 def _labels(options: Options, num_classes: int, default: int | None) -> tuple[np.ndarray, Any]:
@@ -295,6 +329,7 @@ class _DDPMSampling(_Sampling):
     self.guidance_ok = self.spec.null_label
     self.max_guidance = max(limits.max_guidance, self.spec.guidance)
     self.guidance = self.spec.guidance
+    self.limits = limits
 
   def _steps_default(self, sampler: str) -> int:
     if sampler == self.spec.sampler:
@@ -324,8 +359,10 @@ class _DDPMSampling(_Sampling):
         options["variance"] = self.spec.variance
       if "eta" in rule.options:
         options["eta"] = {"min": 0.0, "max": 1.0, "default": self.spec.eta}
-      lo = self.T if rule.timesteps is None else 1
-      out.append(SamplerInfo(name, lo, self._max_steps(rule), self._steps_default(name), options))
+      lo, hi, default = (self.T if rule.timesteps is None else 1), self._max_steps(rule), \
+          self._steps_default(name)
+      out.append(SamplerInfo(name, lo, hi, default, options,
+                             _step_choices(self.limits, lo, hi, default)))
     return out
 
   def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
@@ -352,9 +389,14 @@ class _DDPMSampling(_Sampling):
       if self.num_classes and not 0 <= o.label < self.num_classes:  # the null label is not a class
         raise RequestError("label", f"must be in [0, {self.num_classes - 1}], got {o.label}")
       changes["label"] = o.label
-    if rule.timesteps is not None and not 1 <= changes["steps"] <= self.T:  # as GET /models says
-      raise RequestError("steps", f"must be in [1, {self.T}] for {sampler}, got "
-                                  f"{changes['steps']}")
+    if rule.timesteps is not None:  # as GET /models says
+      hi = self._max_steps(rule)
+      if not 1 <= changes["steps"] <= hi:
+        raise RequestError("steps", f"must be in [1, {hi}] for {sampler}, got "
+                                    f"{changes['steps']}")
+      if isinstance(changes["steps"], int):  # a non-integer is the spec's error
+        _check_steps(changes["steps"], _step_choices(
+            self.limits, 1, self._max_steps(rule), self._steps_default(sampler)), sampler)
     try:
       spec = dataclasses.replace(self.spec, **changes).validate()
     except ddpm_samplers.SpecError as e:
@@ -409,8 +451,8 @@ class _EBMSampling(_Sampling):
   """EBM: a Langevin chain from uniform noise (steps and step size per request).
 
   The step size is a per-image input of the program (any float in range
-  reuses it); the number of steps selects the program (at most
-  `limits.max_langevin_steps` of them per bucket).
+  reuses it); the number of steps selects the program (one of
+  `limits.step_choices` up to `limits.max_langevin_steps`, or the default).
   """
 
   def __init__(self, task, config, limits: Limits):
@@ -422,11 +464,12 @@ class _EBMSampling(_Sampling):
     self.step_size = float(chain.step_size)
     self.max_step_size = max(limits.max_step_size, self.step_size)
     self.default_sampler = "langevin"
+    self.step_choices = _step_choices(limits, 1, self.max_steps, self.steps)
 
   def samplers(self) -> list[SamplerInfo]:
     return [SamplerInfo("langevin", 1, self.max_steps, self.steps,
                         {"step_size": {"min": 0.0, "max": self.max_step_size,
-                                       "default": self.step_size}})]
+                                       "default": self.step_size}}, self.step_choices)]
 
   def plan(self, o: Options) -> Plan:
     sampler = "langevin" if o.sampler is None else o.sampler
@@ -438,6 +481,7 @@ class _EBMSampling(_Sampling):
     steps = self.steps if o.steps is None else o.steps
     if not 1 <= steps <= self.max_steps:
       raise RequestError("steps", f"must be in [1, {self.max_steps}], got {steps}")
+    _check_steps(steps, self.step_choices, "langevin")
     step_size = self.step_size if o.step_size is None else _in_range(
         "step_size", o.step_size, 0.0, self.max_step_size, lo_open=True)
     n = o.num_images
