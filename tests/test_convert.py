@@ -12,12 +12,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from launch import config as config_lib
 from launch import convert
 from launch import sample as sample_lib
+from launch import workdir as workdir_lib
 
 RELEASED_SPEC = str(convert.RELEASED_CONFIG)
 PARAMS_32 = 35_746_307
@@ -260,7 +262,7 @@ def test_cli_workdir_samples_with_the_printed_command(tmp_path, capsys):
     assert config[section].to_dict() == saved[section].to_dict()
   assert config.diffusion.num_timesteps == 4 and config.sample.variance == "beta_tilde"
 
-  run, state = sample_lib.load_trained(config, str(workdir))
+  run, state = workdir_lib.load_trained(str(workdir), config)
   assert int(state.step) == 0
   abstract = convert._abstract_params(config)
   spec_ = convert.unet_spec(TINY_UNET)
@@ -270,6 +272,35 @@ def test_cli_workdir_samples_with_the_printed_command(tmp_path, capsys):
   stem = sample_lib.sample_to_workdir(config, str(workdir))
   images = np.load(f"{stem}.npz")["images"]
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_converted_workdir_serves_over_the_api(tmp_path):
+  """A converted (random-init) checkpoint is an ordinary workdir: the server loads it from
+  its config.json alone and answers /generate with images of the released shape."""
+  pytest.importorskip("safetensors")
+  fastapi_testclient = pytest.importorskip("fastapi.testclient")
+  from configs import serve as serve_configs  # pylint: disable=import-outside-toplevel
+  from launch.serve import app as serve  # pylint: disable=import-outside-toplevel
+  src = _write_source(tmp_path / "ddpm-cifar10-32", _tiny_tensors())
+  workdir = tmp_path / "wd"
+  convert.convert_to_workdir(src, workdir)
+  config = serve_configs.get_config()
+  config.models = ml_collections.ConfigDict({"released": serve_configs.model("", str(workdir))})
+  config.limits.buckets = (4,)
+  config.warmup = "default"
+  batcher = serve.build(config)
+  batcher.start()
+  try:
+    assert batcher.wait_ready(600), batcher.error
+    client = fastapi_testclient.TestClient(serve.create_app(batcher, manage=False))
+    models = client.get("/models").json()["models"]
+    assert [(m["name"], m["image_shape"]) for m in models] == [("released", [32, 32, 3])]
+    r = client.post("/generate", json={"model": "released", "num_images": 2, "seed": 3,
+                                       "format": "json"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 2 and r.json()["steps"] == 4
+  finally:
+    batcher.stop()
 
 
 # ------------------------------------------------- equivalence (torch) --
