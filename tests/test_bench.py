@@ -70,6 +70,7 @@ def ebm_records(tmp_path_factory):
   return records
 
 
+@pytest.mark.slow  # a --mode bench run (~1-1.5 min on 2 cores); .ci/run runs it
 def test_ddpm_cli_records(ddpm_cli):
   records, stdout = ddpm_cli
   _check_records(records)
@@ -106,6 +107,7 @@ def test_ddpm_cli_records(ddpm_cli):
   assert _by_name(records, "memory.peak")["unit"] == "bytes"
 
 
+@pytest.mark.slow  # a --mode bench run (~1-1.5 min on 2 cores); .ci/run runs it
 def test_ebm_records(ebm_records):
   records = ebm_records
   _check_records(records)
@@ -123,6 +125,7 @@ def test_ebm_records(ebm_records):
   assert _by_name(records, "train.peer_shape.time")["settings"]["image_shape"] == [32, 32, 3]
 
 
+@pytest.mark.slow  # a --mode bench run (~1-1.5 min on 2 cores); .ci/run runs it
 @pytest.mark.skipif(not PEER.is_file(), reason="the peer's torch_peer.py is not here")
 def test_peer_rows(ddpm_cli, ebm_records):
   pytest.importorskip("torch")

@@ -347,7 +347,7 @@ def test_forward_equals_diffusers(variant, scale, tmp_path):
   # The reduced 256x256 architecture runs on 32x32 images: the cifar10 data shape.
   spec = None if scale == "full" else f"{RELEASED_SPEC}:cifar10"
   converted = convert.convert_to_workdir(src, workdir, config_spec=spec)
-  run, state = sample_lib.load_trained(converted.config, str(workdir))
+  run, state = workdir_lib.load_trained(str(workdir), converted.config)
   assert converted.config.model.num_heads == (2 if scale == "two_heads" else 1)
   assert _count(state.ema_params) == sum(p.numel() for p in model.parameters())
 

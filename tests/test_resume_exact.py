@@ -33,6 +33,7 @@ def _assert_states_identical(a, b):
     ("configs/ddpm_mnist.py:smoke", set()),
     ("configs/ebm_fashion_mnist.py:smoke", {"buffer"}),
 ], ids=["ddpm", "ebm"])
+@pytest.mark.slow  # four trainings per task (~70 s on 2 cores); .ci/run runs it
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, config_file, extras):
   def config(steps):
     return config_lib.load(config_file, {"train.steps": steps, "train.ckpt_every": 2,

@@ -243,8 +243,7 @@ def _state_from_workdir(workdir, steps):
 
 def _params_from_workdir(workdir, steps):
   return _params(_state_from_workdir(workdir, steps))
-
-
+@pytest.mark.slow  # subprocesses and several trainings: ~45 s each on 2 cores; .ci/run runs it
 def test_kill_minus_9_in_the_middle_of_a_save_then_resume_equals_uninterrupted(tmp_path):
   steps = 6
   flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=2",
@@ -291,8 +290,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   ckpt = checkpoint_lib.Checkpointer(work)
   assert ckpt.latest_step() and ckpt.latest_step() > 0
   ckpt.close()
-
-
+@pytest.mark.slow  # subprocesses and several trainings: ~45 s each on 2 cores; .ci/run runs it
 def test_eight_fake_devices(tmp_path):
   proc = _launch(tmp_path / "w", "--config.train.steps=2", devices=8)
   out = proc.output()
@@ -304,8 +302,7 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
+@pytest.mark.slow  # subprocesses and several trainings: ~45 s each on 2 cores; .ci/run runs it
 def test_two_process_multihost_equals_single_process(tmp_path):
   steps = 4
   flags = [f"--config.train.steps={steps}", "--config.train.ckpt_every=2"]

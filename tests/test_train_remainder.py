@@ -24,8 +24,7 @@ def _config(**overrides):
 
 def _records(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow  # three trainings (~70 s on 2 cores); .ci/run runs it
 def test_steps_not_a_multiple_of_steps_per_dispatch_runs_to_the_end_and_on_resume(tmp_path):
   common = dict(train__log_every=2, train__ckpt_every=2, train__num_samples=4)
   one = train_lib.train_and_evaluate(

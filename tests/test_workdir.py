@@ -33,10 +33,15 @@ def _config(**overrides):
 
 
 def _snapshot(directory: pathlib.Path) -> dict[str, str]:
-  """Relative path -> sha256 of every file (and "dir" for every folder) under `directory`."""
+  """Relative path -> sha256 of every file (and "dir" for every folder) under `directory`.
+
+  The run's log (log.txt, which records the error) is the one file a failed run may add.
+  """
   out = {}
   for p in sorted(directory.rglob("*")):
     rel = str(p.relative_to(directory))
+    if rel == "log.txt":
+      continue
     out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
   return out
 
