@@ -255,6 +255,7 @@ def _cnn_setup(num_classes):
   return net, tx, batch
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_unconditional_step_is_the_plain_cd_step():
   """K = 0: the step is, bit for bit, the tutorial's CD step written out here."""
   net, tx, batch = _cnn_setup(0)

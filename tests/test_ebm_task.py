@@ -194,6 +194,7 @@ def test_ood_evaluate_through_the_task(cnn_smoke):
     np.testing.assert_allclose(float(scores[name]), want, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_guard_recovers_an_ebm_blow_up_through_the_training_loop(tmp_path):
   # Adam at lr 1e6 (no clipping) sends the energies past the guard's bound
   # within the first steps; the loop restores the last good checkpoint, scales

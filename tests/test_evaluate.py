@@ -215,6 +215,7 @@ def test_weak_feature_network_is_refused_before_sampling(tmp_path_factory, class
   assert evaluate.main(["--npz", str(path), "--classifier_workdir", str(classifier[1])]) == 1
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_lowered_bar_scores_with_the_accuracy_in_every_record(tmp_path_factory, classifier,
                                                               caplog):
   config, workdir = _untrained(tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},

@@ -75,6 +75,7 @@ def _check_pngs(written, workdir, names):
       assert im.format == "PNG" and im.width >= 100 and im.height >= 70
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_ddpm_figures(ddpm, capsys):
   config, workdir = ddpm
   written = figure_mode.figures_workdir(config, str(workdir))
@@ -85,6 +86,7 @@ def test_ddpm_figures(ddpm, capsys):
   assert all(str(p) in out for p in written)
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_denoiser_ink_blots_with_and_without_ddpm(tmp_path_factory, ddpm, classifier):
   config, workdir = _untrained(tmp_path_factory, "denoiser_fashion_mnist.py:smoke",
                                {"loss": 0.5}, **{"eval.ddpm_workdir": str(ddpm[1]),

@@ -127,6 +127,7 @@ def test_ddpm_image_bytes_do_not_depend_on_bucket_or_batch(trained_ddpm):
   assert pairs >= 1800
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_ddpm_with_random_weights_image_bytes_do_not_depend_on_bucket_or_batch(random_ddpm):
   """The fast version of the test above (the old whole-bucket vmap failed it: 7% differed)."""
   assert _check_batch_independence(random_ddpm, {"sampler": "ddim", "steps": 2, "eta": 0.7},

@@ -75,6 +75,7 @@ def test_load_trained_on_empty_or_missing_workdir_creates_nothing(tmp_path):
   assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_cli_sample_on_a_mistyped_workdir_is_one_line_and_creates_nothing(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
@@ -92,6 +93,7 @@ def test_cli_sample_on_a_mistyped_workdir_is_one_line_and_creates_nothing(tmp_pa
   assert not (tmp_path / "typo").exists() and list(empty.iterdir()) == []
 
 
+@pytest.mark.slow  # 20-60 s on 2 cores; .ci/run runs it after the default suite
 def test_damaged_checkpoint_is_one_line_changes_nothing_and_resumes_from_the_flag(tmp_path):
   train_lib.train_and_evaluate(_config(train__steps=4, train__ckpt_every=2), tmp_path)
   victims = [p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*")
