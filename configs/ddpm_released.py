@@ -65,40 +65,18 @@ def get_config(arg=None):
   if arg not in _VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of ddpm_released "
                      f"(allowed: cifar10, {', '.join(_VARIANTS)}, smoke)")
-  c = base.get_base()
-  c.task = "ddpm"
+  # The 256x256 models: the CIFAR-10 config with the LSUN / CelebA-HQ settings.
+  c = ddpm_cifar10.get_config()
   c.data.name = _VARIANTS[arg]
-  c.data.random_flip = True
-  c.model.name = "unet_ho"
-  c.model.ch = 128
   c.model.ch_mult = (1, 1, 2, 2, 4, 4)
-  c.model.num_res_blocks = 2
-  c.model.attn_resolutions = (16,)
   c.model.dropout = 0.0
-  c.model.num_groups = 32
-  c.model.num_heads = 1
-  c.diffusion.schedule = "linear"
-  c.diffusion.num_timesteps = 1000
-  c.diffusion.beta_start = 1e-4
-  c.diffusion.beta_end = 0.02
-  c.diffusion.objective = "eps"
-  c.optim.name = "adam"
   c.optim.lr = 2e-5
-  c.optim.warmup_steps = 5000
-  c.optim.grad_clip = 1.0
-  c.optim.ema_decay = 0.9999
-  c.optim.ema_warmup = False
   c.train.batch_size = 64
   c.train.steps = 500_000
-  c.train.log_every = 100
-  c.train.ckpt_every = 10_000
-  c.train.sample_every = 50_000
   c.train.num_samples = 16
   c.sample.num = 16
   c.sample.batch_size = 16
-  c.sample.sampler = "ancestral"
   c.sample.variance = "beta_tilde"     # the released 256x256 schedulers: fixed_small
-  c.sample.clip_x0 = True
   c.eval.num_samples = 50_000
   c.bench.sample_batch = 4
   return c
