@@ -98,12 +98,46 @@ def drop_labels(key: jax.Array, label: jax.Array, p: float, null_label: int) -> 
   return jnp.where(drop, null_label, label).astype(jnp.int32)
 
 
+def min_snr_weight(objective: str, schedule: Schedule, t: jax.Array,
+                   gamma: float) -> jax.Array:
+  """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion
+  Training via Min-SNR Weighting Strategy", eq. 8 and Sec. 3.4).
+
+  With SNR_t = alpha_bar_t / (1 - alpha_bar_t), the x0-loss weight
+  min(SNR_t, gamma), expressed for the objective actually regressed:
+  eps: min(SNR, gamma) / SNR; x0: min(SNR, gamma); v: min(SNR, gamma) / (SNR + 1)
+  (since ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and
+  ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2).
+
+  Args:
+    objective: "eps", "x0" or "v".
+    schedule: the noise schedule.
+    t: [B] int 0-based timesteps.
+    gamma: the clamp (5 in the paper).
+
+  Returns:
+    [B] float32 weights.
+  """
+  a_bar = schedule.alpha_bars[t]
+  snr = a_bar / (1.0 - a_bar)
+  clamped = jnp.minimum(snr, gamma)
+  if objective == "eps":
+    return clamped / snr
+  if objective == "x0":
+    return clamped
+  if objective == "v":
+    return clamped / (snr + 1.0)
+  raise ValueError(f"unknown objective {objective!r}; allowed: {OBJECTIVES}")
+
+
 def diffusion_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: Schedule,
-                   x0: jax.Array, key: jax.Array, *, objective: str = "eps") -> jax.Array:
+                   x0: jax.Array, key: jax.Array, *, objective: str = "eps",
+                   min_snr_gamma: float = 0.0) -> jax.Array:
   """Monte-Carlo estimate of the simple loss (Algorithm 1) for one batch.
 
   t ~ U{0, ..., T-1} (0-based), eps ~ N(0, I), x_t by `q_sample`, and the
-  mean squared error between model_fn(x_t, t) and the objective's target.
+  mean squared error between model_fn(x_t, t) and the objective's target,
+  optionally weighted per example by `min_snr_weight`.
 
   Args:
     model_fn: (x_t [B, H, W, C], t [B] int32) -> [B, H, W, C] prediction.
@@ -111,6 +145,8 @@ def diffusion_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedu
     x0: [B, H, W, C] data.
     key: PRNG key (split for t and eps).
     objective: "eps", "x0" or "v".
+    min_snr_gamma: > 0 weights each example's error by the min-SNR-gamma
+      weight; 0 is the unweighted simple loss.
 
   Returns:
     Scalar float32 loss (mean over every pixel of the batch).
@@ -120,4 +156,8 @@ def diffusion_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedu
   eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
   x_t = schedules.q_sample(schedule, x0, t, eps)
   out = model_fn(x_t, t).astype(jnp.float32)
-  return jnp.mean(jnp.square(out - target(objective, schedule, x0, t, eps)))
+  err = jnp.mean(jnp.square(out - target(objective, schedule, x0, t, eps)),
+                 axis=tuple(range(1, x0.ndim)))
+  if min_snr_gamma > 0:
+    err = err * min_snr_weight(objective, schedule, t, min_snr_gamma)
+  return jnp.mean(err)

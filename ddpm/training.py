@@ -99,7 +99,7 @@ def update(state: TrainState, loss_fn: Callable[[Any], jax.Array], *,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
                network: nn.Module, tx: optax.GradientTransformation, schedule: Schedule,
-               objective: str, settings: TrainSettings
+               objective: str, settings: TrainSettings, min_snr_gamma: float = 0.0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on the simple loss (Algorithm 1) of `batch`.
 
@@ -112,6 +112,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     schedule: the noise schedule.
     objective: "eps", "x0" or "v".
     settings: the update's hyperparameters.
+    min_snr_gamma: > 0 weights the loss by min-SNR-gamma
+      (`objectives.min_snr_weight`); 0 = the simple loss.
 
   Returns:
     (new state, {"loss", "grad_norm", "lr"} float32 scalars).
@@ -125,7 +127,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     def model_fn(x_t, t):
       return network.apply({"params": params}, x_t, t, label, train=True,
                            rngs={"dropout": k_dropout})
-    return objectives.diffusion_loss(model_fn, schedule, x0, k_loss, objective=objective)
+    return objectives.diffusion_loss(model_fn, schedule, x0, k_loss, objective=objective,
+                                     min_snr_gamma=min_snr_gamma)
 
   return update(state, loss_fn, tx=tx, settings=settings)
 

@@ -201,3 +201,54 @@ def test_smoke_config_schedule_reaches_noise():
   assert config.diffusion.num_timesteps == 20
   task = tasks.build(config)
   assert float(task.schedule.alpha_bars[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+def test_min_snr_weights_against_float64(objective):
+  """Hang et al.'s min(SNR, gamma) x0-weight, converted to each regressed target (float64)."""
+  sched = schedules.make_schedule("linear", 1000)
+  t = np.array([0, 1, 100, 400, 999])
+  a_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t]
+  snr = a_bar / (1.0 - a_bar)
+  x0_weight = np.minimum(snr, 5.0)
+  want = {"eps": x0_weight / snr, "x0": x0_weight, "v": x0_weight / (snr + 1.0)}[objective]
+  got = objectives.min_snr_weight(objective, sched, jnp.asarray(t), 5.0)
+  np.testing.assert_allclose(got, want, rtol=2e-4)
+
+
+def test_min_snr_weights_equalise_the_x0_error_of_every_objective():
+  """The same x0 error weighs the same under every objective once min-SNR-weighted.
+
+  A prediction with x0 error d has eps error -sqrt(SNR) d and v error
+  -sqrt(SNR + 1) d (up to sign); the weighted squared errors then agree.
+  """
+  sched = schedules.make_schedule("cosine", 1000)
+  t = jnp.array([3, 250, 600, 990])
+  snr = sched.alpha_bars[t] / (1.0 - sched.alpha_bars[t])
+  d2 = jnp.array([0.3, 0.1, 2.0, 0.7])              # squared x0 errors
+  weighted = {
+      "x0": objectives.min_snr_weight("x0", sched, t, 5.0) * d2,
+      "eps": objectives.min_snr_weight("eps", sched, t, 5.0) * snr * d2,
+      "v": objectives.min_snr_weight("v", sched, t, 5.0) * (snr + 1.0) * d2,
+  }
+  np.testing.assert_allclose(weighted["eps"], weighted["x0"], rtol=1e-5)
+  np.testing.assert_allclose(weighted["v"], weighted["x0"], rtol=1e-5)
+
+
+def test_min_snr_loss_is_the_weighted_mean_of_per_example_errors():
+  sched = schedules.make_schedule("linear", 1000)
+  x0 = jax.random.uniform(jax.random.key(1), (16, 4, 4, 1), minval=-1, maxval=1)
+  key = jax.random.key(2)
+  model_fn = lambda x_t, t: 0.5 * x_t
+  got = objectives.diffusion_loss(model_fn, sched, x0, key, objective="eps", min_snr_gamma=5.0)
+  # Recompute with the same draws of t and eps, in float64.
+  k_t, k_eps = jax.random.split(key)
+  t = np.asarray(jax.random.randint(k_t, (16,), 0, 1000))
+  eps = np.asarray(jax.random.normal(k_eps, x0.shape, jnp.float32), np.float64)
+  a_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t][:, None, None, None]
+  x_t = np.sqrt(a_bar) * np.asarray(x0, np.float64) + np.sqrt(1 - a_bar) * eps
+  err = np.mean((0.5 * x_t - eps) ** 2, axis=(1, 2, 3))
+  snr = a_bar[:, 0, 0, 0] / (1 - a_bar[:, 0, 0, 0])
+  np.testing.assert_allclose(got, np.mean(err * np.minimum(snr, 5.0) / snr), rtol=1e-4)
+  plain = objectives.diffusion_loss(model_fn, sched, x0, key, objective="eps")
+  np.testing.assert_allclose(plain, np.mean(err), rtol=1e-4)

@@ -188,6 +188,7 @@ def validate(config) -> samplers.SamplingSpec:
     check_range("diffusion.beta_end", d.beta_end, d.beta_start, 1.0, hi_open=True)
     check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
     check_choice("diffusion.objective", d.objective, objectives.OBJECTIVES)
+    check_range("diffusion.min_snr_gamma", d.min_snr_gamma, 0.0, None)
     spec = spec_from_config(config, num_classes, null_label, d.num_timesteps)
   else:
     check_range("diffusion.denoise_mix", d.denoise_mix, 0.0, 1.0, lo_open=True)
@@ -286,16 +287,18 @@ class DDPMTask(_Task):
   Attributes (besides `_Task`'s):
     schedule: the noise schedule (T = schedule.num_timesteps).
     objective: "eps", "x0" or "v".
+    min_snr_gamma: min-SNR-gamma loss weighting (0 = the simple loss).
   """
   schedule: schedules.Schedule
   objective: str
+  min_snr_gamma: float = 0.0
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on the simple loss (Algorithm 1): `ddpm.training.train_step`."""
     return training.train_step(state, batch, key, network=self.network, tx=self.tx,
                                schedule=self.schedule, objective=self.objective,
-                               settings=self.train_settings)
+                               settings=self.train_settings, min_snr_gamma=self.min_snr_gamma)
 
   def eps_fn(self, params: Any, label: jax.Array | None = None,
              guidance: float | jax.Array = 1.0) -> samplers.EpsFn:
@@ -433,4 +436,5 @@ def build(config) -> _Task:
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
                                      beta_end=d.beta_end, cosine_s=d.cosine_s,
                                      beta_reference_timesteps=d.beta_reference_timesteps)
-  return DDPMTask(schedule=schedule, objective=d.objective, **common)
+  return DDPMTask(schedule=schedule, objective=d.objective,
+                  min_snr_gamma=float(d.min_snr_gamma), **common)
