@@ -118,7 +118,7 @@ def min_snr_weight(objective: str, schedule: Schedule, t: jax.Array,
   Returns:
     [B] float32 weights.
   """
-  a_bar = schedule.alpha_bars[t]
+  a_bar = jnp.asarray(schedule.alpha_bars)[t]
   snr = a_bar / (1.0 - a_bar)
   clamped = jnp.minimum(snr, gamma)
   if objective == "eps":
