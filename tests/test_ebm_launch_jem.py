@@ -144,7 +144,7 @@ def test_sample_by_label_is_the_chain_on_that_class(cond):
 
 def test_energy_and_class_logits(cond):
   task, params, x = cond
-  class_e = _np(task.network.apply({"params": params}, x))                     # [B, K]
+  class_e = _np(jax.jit(task.network.apply)({"params": params}, x))            # [B, K]
   marginal = -np.log(np.sum(np.exp(-class_e), axis=1))
   np.testing.assert_allclose(_np(task.energy(params, x)), marginal, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(_np(task.energy(params, x, label=2)), class_e[:, 2], rtol=1e-6)

@@ -510,7 +510,7 @@ def _ood_records(config, task, state, step: int) -> list[dict]:
           for name, value in sorted(aurocs.items())]
 
 
-def restoration_records(config, task, params, x: np.ndarray, key: jax.Array
+def restoration_records(task, params, x: np.ndarray, key: jax.Array
                         ) -> tuple[list[dict], dict]:
   """Records of `task.restoration_run` on test images x, and its arrays on the host.
 
@@ -544,7 +544,7 @@ def _restoration_records(config, task, state, step: int) -> list[dict]:
     return []
   x = _split_images(config.data, config.data.eval_split, task.restoration.num)
   key = jax.random.fold_in(jax.random.key(config.seed), _RESTORE_STREAM)
-  records, _ = restoration_records(config, task, task.sample_params(state), x, key)
+  records, _ = restoration_records(task, task.sample_params(state), x, key)
   fields = {"in_distribution": f"{config.data.name} {config.data.eval_split}",
             "weights": "ema" if task.use_ema else "raw", "step": step, "seed": int(config.seed)}
   return [{**r, **fields} for r in records]
