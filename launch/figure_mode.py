@@ -26,6 +26,13 @@ titles are the paper's t (t = 0 is the data, t = T pure noise).
               training_curve
   ebm         langevin_chain   10 Langevin chains from uniform noise (sample.steps, 0 =
                                ebm.sample_steps), captured inside the compiled chain
+              class_grid       class-conditional (JEM) EBMs: 10 samples of each class from
+                               noise, chains on E(x, y), one compiled program
+              inpainting       box inpainting of 10 test images (eval.inpaint_box,
+                               eval.inpaint_steps): rows corrupted | restored | original
+              denoising        the same for denoising (eval.denoise_sigma, eval.denoise_steps)
+              energy_histogram E(x) of OOD_IMAGES test images and of each
+                               ebm.ood.make_ood_sets set made from them
               buffer           the first 100 replay-buffer entries
               energies         energy_pos / energy_neg over training
               training_curve
@@ -51,6 +58,7 @@ from launch import writers
 
 _FIGURE_STREAM = 0x464947   # fold_in tag of the figures' sampling key
 NUM_ROWS = 10
+OOD_IMAGES = 500           # EBM energy histogram: test images (and as many of each OOD set)
 
 
 def _labels(task, num: int, label: int | None = None):
@@ -291,6 +299,34 @@ def _ebm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object
   idx = np.unique(np.linspace(0, steps, NUM_ROWS).round().astype(int))
   yield "langevin_chain", figures.langevin_chain_figure(
       chain[idx], idx.tolist(), title=f"Langevin chains from noise ({steps} steps)")
+  k_grid, k_restore, k_ood = jax.random.split(jax.random.fold_in(key, 1), 3)
+  if task.num_classes:   # one program: NUM_ROWS chains of each class
+    labels = jnp.repeat(jnp.arange(task.num_classes, dtype=jnp.int32), NUM_ROWS)
+    grid = _host(task.sample(params, k_grid, task.num_classes * NUM_ROWS, steps=steps,
+                             label=labels))
+    yield "class_grid", figures.class_grid_figure(
+        grid.reshape((task.num_classes, NUM_ROWS) + grid.shape[1:]),
+        data_lib.class_names(config.data.name),
+        title=f"Class-conditional samples, Langevin on E(x, y) ({steps} steps)")
+  x_test = jnp.asarray(next(data_lib.eval_batches(config.data, config.data.eval_split,
+                                                  OOD_IMAGES))["image"])
+  r = task.restoration
+  restored = jax.tree.map(_host, task.restoration_run(params, x_test[:NUM_ROWS], k_restore))
+  top, left, height, width = r.box
+  yield "inpainting", figures.restoration_figure(
+      restored["inpaint"]["corrupted"], restored["inpaint"]["restored"], x_test[:NUM_ROWS],
+      title=f"Box inpainting ({height}x{width} at ({top}, {left}), {r.inpaint_steps} Langevin "
+            f"steps; box MSE {restored['inpaint']['mse']:.3f} vs "
+            f"{restored['inpaint']['mse_corrupted']:.3f} corrupted)")
+  yield "denoising", figures.restoration_figure(
+      restored["denoise"]["corrupted"], restored["denoise"]["restored"], x_test[:NUM_ROWS],
+      title=f"Denoising (sigma {r.denoise_sigma:g}, {r.denoise_steps} noise-free steps; "
+            f"MSE {restored['denoise']['mse']:.4f} vs "
+            f"{restored['denoise']['mse_corrupted']:.4f} corrupted)")
+  energies = jax.tree.map(_host, task.ood_energies(params, x_test, k_ood))
+  energies = {"test": energies.pop("test"), **energies}   # the test split first
+  yield "energy_histogram", figures.energy_histogram_figure(
+      energies, title=f"E(x) of {len(x_test)} {config.data.eval_split} images vs OOD sets")
   buffer = _host(state.extras["buffer"][:100])
   yield "buffer", figures.buffer_figure(buffer, title=f"Replay buffer ({len(buffer)} entries)")
   energies = _training_curve(workdir, ("energy_pos", "energy_neg"), ylabel="energy",

@@ -3,7 +3,12 @@
 Sampler options come from the config's `sample` section (the task builds its
 sampling spec from it), so any of them can be given as flags:
 `--config.sample.sampler=ddim --config.sample.steps=50`.
-Writes `WORKDIR/samples/sample_<step>_<tag>.{png,npz}`.
+Class-conditional models sample config.sample.label (-1 = the classes in
+turn, K = class K): `--config.sample.label=3`. Writes
+`WORKDIR/samples/sample_<step>_<tag>.{png,npz}`; the .npz holds `images`
+(uint8) and, for a task that states them (`task.sample_labels`, the EBM),
+the `labels` the images were sampled for, so
+`python -m launch.eval.evaluate --npz` scores their class accuracy.
 """
 from __future__ import annotations
 
@@ -49,11 +54,17 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   params = run.task.sample_params(state)
   options = run.task.sample_options()
   key = jax.random.fold_in(run.keys["sample"], config.seed)
-  images = []
+  images, labels = [], []
+  label_rule = getattr(run.task, "sample_labels", None)   # the labels `sample` uses by default
   for start in range(0, config.sample.num, config.sample.batch_size):
     num = min(config.sample.batch_size, config.sample.num - start)
     images.append(sample_images(run.task, params, jax.random.fold_in(key, start), num))
+    if label_rule is not None:
+      labels.append(label_rule(num))
   uint8 = figures.to_uint8(np.concatenate(images))
+  arrays = {"images": uint8}
+  if labels and labels[0] is not None:
+    arrays["labels"] = np.concatenate([np.asarray(l) for l in labels]).astype(np.int32)
   step = int(state.step)
   tag = "_".join(f"{k}-{v}" for k, v in sorted(options.items()) if v is not None)
   out = epath.Path(workdir) / "samples"
@@ -64,7 +75,7 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
                              epath.Path(f"{stem}.png"))
     writers.log_image(workdir, step, f"sample/{stem.name}", grid)
     with epath.Path(f"{stem}.npz").open("wb") as f:
-      np.savez_compressed(f, images=uint8)
+      np.savez_compressed(f, **arrays)
     # The file's copy: the terminal gets the print below (logging_setup.FILE_ONLY).
     logging.info("Wrote %d samples to %s.{png,npz}", len(uint8), stem, extra={"file_only": True})
     print(f"wrote {len(uint8)} samples: {stem}.png, {stem}.npz")

@@ -113,7 +113,8 @@ def test_ebm_figures(tmp_path_factory):
   config, workdir = _untrained(tmp_path_factory, "ebm_fashion_mnist.py:smoke",
                                {"loss": 0.1, "energy_pos": -1.0, "energy_neg": 1.0})
   written = figure_mode.figures_workdir(config, str(workdir))
-  _check_pngs(written, workdir, ("langevin_chain", "buffer", "energies", "training_curve"))
+  _check_pngs(written, workdir, ("langevin_chain", "inpainting", "denoising", "energy_histogram",
+                                 "buffer", "energies", "training_curve"))
 
 
 def test_classifier_figures(classifier):

@@ -32,7 +32,8 @@ def _assert_states_identical(a, b):
 @pytest.mark.parametrize("config_file, extras", [
     ("configs/ddpm_mnist.py:smoke", set()),
     ("configs/ebm_fashion_mnist.py:smoke", {"buffer"}),
-], ids=["ddpm", "ebm"])
+    ("configs/ebm_fashion_mnist.py:conditional_smoke", {"buffer", "buffer_labels"}),
+], ids=["ddpm", "ebm", "ebm_conditional"])
 @pytest.mark.slow  # four trainings per task (~70 s on 2 cores); .ci/run runs it
 def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, config_file, extras):
   def config(steps):

@@ -20,7 +20,18 @@ Per task:
   denoiser    the same scores for its one-step "ink blots".
   ebm         the same scores for Langevin samples from noise (sample.steps,
               0 = ebm.sample_steps), and the OOD AUROC of the energy, test
-              split against each `ebm.ood.make_ood_sets` set.
+              split against each `ebm.ood.make_ood_sets` set. A
+              class-conditional (JEM) EBM: its samples with labels cycling
+              0..9 (protocol "config", with the class accuracy of the
+              samples) and from the marginal E(x) (protocol "marginal"),
+              and its own test `accuracy` as a classifier, argmax_y f(x)[y].
+              Restoration of the first `eval.restore_num` test images:
+              `inpaint_mse` / `inpaint_psnr` over the pixels of the box
+              `eval.inpaint_box` filled by `eval.inpaint_steps` Langevin
+              steps, and `denoise_mse` / `denoise_psnr` after
+              `eval.denoise_steps` noise-free steps from the image plus
+              N(0, eval.denoise_sigma²); each record's `corrupted` field is
+              the same error of the chain's corrupted input (the baseline).
 
 Scores of generated images:
   MNIST family (fashion_mnist, mnist): `fd_fmnist`, the Fréchet distance in
@@ -75,6 +86,7 @@ CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnis
                       "--workdir runs/classifier_fashion_mnist")
 FID_REFERENCE_SPLIT = "train"   # CIFAR-10: the DDPM paper's FID is against the train set
 _EVAL_STREAM = 0x45564C         # fold_in tag of the evaluation's sampling key
+_RESTORE_STREAM = 0x525354      # fold_in tag of the EBM restoration's corruptions and chains
 _FEATURE_BATCH = 500
 
 
@@ -430,7 +442,10 @@ def _sampling_settings(task) -> list[tuple[str, dict, bool]]:
   """
   options = {k: v for k, v in task.sample_options().items() if k != "label"}
   if "sampler" not in options:
-    return [("config", options, task.use_ema)]
+    settings = [("config", options, task.use_ema)]
+    if task.num_classes and hasattr(task, "energy"):   # a JEM: also its marginal p(x)
+      settings.append(("marginal", dict(options, label=None), task.use_ema))
+    return settings
   pinned = dict(options, **PINNED_SAMPLER)
   pinned["steps"] = min(PINNED_SAMPLER["steps"], task.spec.num_timesteps)
   settings = [("pinned", pinned, True)]
@@ -451,23 +466,32 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
   if config.data.name in data_lib.MNIST_FAMILY:  # before sampling: refuse a weak feature network
     checked["feature_network_accuracy"] = feature_check.check(
         scorer(), config.data, float(config.eval.min_classifier_accuracy))
-  labels = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
+  cycling = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
   key = jax.random.fold_in(run.keys["sample"], _EVAL_STREAM)
   settings = _sampling_settings(task)
   records = []
   for protocol, options, use_ema in settings:
+    # An explicit label None (an EBM's marginal protocol) samples without labels.
+    labels = None if "label" in options else cycling
     params = dataclasses.replace(task, use_ema=use_ema).sample_params(state)
     images = generate(task, params, key, n, config.sample.batch_size, options, labels)
     uint8 = figures.to_uint8(images)
-    fields = {"protocol": protocol, "num_samples": n, **task.describe_sampling(options),
+    fields = {"protocol": protocol, "num_samples": n,
+              **task.describe_sampling({k: v for k, v in options.items() if k != "label"}),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
               "uint8_roundtrip": True, **checked}
     if labels is not None:
       fields["labels"] = "cycling 0..9"
+    elif "label" in options:
+      fields["labels"] = "none (marginal E(x))"
     for r in _score(config, uint8, labels, scorer):
       records.append({"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r})
   if hasattr(task, "ood_evaluate"):   # an energy: its AUROC as an OOD score
     records += _ood_records(config, task, state, step)
+  if hasattr(task, "restoration_run"):   # an energy: inpainting and denoising
+    records += _restoration_records(config, task, state, step)
+  if hasattr(task, "class_logits") and task.num_classes:   # a JEM is a classifier too
+    records += _jem_accuracy_records(config, task, state, step)
   if hasattr(task, "eps_fn"):   # a diffusion model: its variational bound in bits/dim
     records += nll.nll_records(config, workdir, run, state)
   return records
@@ -486,13 +510,71 @@ def _ood_records(config, task, state, step: int) -> list[dict]:
           for name, value in sorted(aurocs.items())]
 
 
+def restoration_records(task, params, x: np.ndarray, key: jax.Array
+                        ) -> tuple[list[dict], dict]:
+  """Records of `task.restoration_run` on test images x, and its arrays on the host.
+
+  Returns:
+    (records, run): one record per task and error ("inpaint_mse",
+    "inpaint_psnr", "denoise_mse", "denoise_psnr"), the restored images'
+    error as value and the corrupted input's as "corrupted"; run as
+    `restoration_run` returns it (NumPy).
+  """
+  r = task.restoration
+  run = jax.tree.map(np.asarray, jax.device_get(task.restoration_run(params, jnp.asarray(x), key)))
+  protocol = {
+      "inpaint": {"box": list(r.box), "steps": r.inpaint_steps,
+                  "pixels": "inside the box", "start": "U[-1, 1] in the box"},
+      "denoise": {"sigma": r.denoise_sigma, "steps": r.denoise_steps, "pixels": "all",
+                  "start": "the noisy image", "noise_scale": 0.0},
+  }
+  records = []
+  for name in ("inpaint", "denoise"):
+    for err in ("mse", "psnr"):
+      records.append({"metric": f"{name}_{err}", "value": float(run[name][err]),
+                      "corrupted": float(run[name][f"{err}_corrupted"]),
+                      "num_examples": int(len(x)), "energy": "marginal E(x)",
+                      "step_size": float(task.settings.langevin.step_size),
+                      **protocol[name]})
+  return records, run
+
+
+def _restoration_records(config, task, state, step: int) -> list[dict]:
+  if not task.restoration.num:
+    return []
+  x = _split_images(config.data, config.data.eval_split, task.restoration.num)
+  key = jax.random.fold_in(jax.random.key(config.seed), _RESTORE_STREAM)
+  records, _ = restoration_records(task, task.sample_params(state), x, key)
+  fields = {"in_distribution": f"{config.data.name} {config.data.eval_split}",
+            "weights": "ema" if task.use_ema else "raw", "step": step, "seed": int(config.seed)}
+  return [{**r, **fields} for r in records]
+
+
+def _jem_accuracy_records(config, task, state, step: int) -> list[dict]:
+  params = task.sample_params(state)
+  result = classifier_accuracy(task, params, config.data, config.data.eval_split,
+                               logits_fn=task.class_logits)
+  return [{"metric": "accuracy", "value": result["accuracy"], "split": config.data.eval_split,
+           "num_examples": result["num_examples"], "classifier": "argmax_y f(x)[y] (JEM)",
+           "weights": "ema" if task.use_ema else "raw", "step": step,
+           "per_class": result["per_class_accuracy"]}]
+
+
 # ----------------------------------------------------------------------------
 # The classifier workdir.
 
 
-def classifier_accuracy(task, params, data_config, split: str, batch_size: int = 500) -> dict:
-  """Accuracy and per-class accuracy of `params` on a whole split."""
-  apply = jax.jit(lambda p, x: task.apply(p, x)[1].argmax(-1))
+def classifier_accuracy(task, params, data_config, split: str, batch_size: int = 500,
+                        logits_fn=None) -> dict:
+  """Accuracy and per-class accuracy of `params` on a whole split.
+
+  `logits_fn(params, x) -> [B, K]` (a compiled function) gives the logits;
+  default the classifier task's `apply(params, x)[1]`.
+  """
+  if logits_fn is None:
+    apply = jax.jit(lambda p, x: task.apply(p, x)[1].argmax(-1))
+  else:
+    apply = lambda p, x: jnp.argmax(logits_fn(p, x), axis=-1)
   correct, labels_all = [], []
   for batch in data_lib.eval_batches(data_config, split, batch_size):
     correct.append(np.asarray(apply(params, batch["image"])) == batch["label"])
@@ -523,7 +605,7 @@ def _evaluate_classifier(config, workdir, run, state) -> list[dict]:
 
 _TABLE_FIELDS = ("protocol", "sampler", "steps", "eta", "clip_x0", "guidance", "weights",
                  "num_samples", "n", "num_examples", "reference_split", "reference_size",
-                 "ood_set", "step")
+                 "ood_set", "corrupted", "step")
 
 
 def _jsonable(x):
