@@ -57,6 +57,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.activation = "swish"         # EBM energy nets: swish | leaky_relu
   c.model.spectral_norm = False        # EBM ResNet: spectral normalisation of every kernel
+  c.model.num_classes = 0              # EBM energy nets: K per-class energies E(x, y) (JEM; K = the
+                                       # dataset's classes), 0 = one scalar energy
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"      # linear | cosine
@@ -83,6 +85,9 @@ def get_base() -> ml_collections.ConfigDict:
   c.ebm.data_noise = 0.005
   c.ebm.noise_first = False            # Langevin: True = tutorial's order (noise, then gradient)
   c.ebm.sample_steps = 256             # Langevin steps of sample() from noise when sample.steps = 0
+  c.ebm.conditional_sampling = False   # JEM (model.num_classes > 0): chains on E(x, y) with a
+                                       # per-class replay buffer, else on the marginal E(x)
+  c.ebm.ce_weight = 0.0                # JEM: weight of the cross-entropy -log p(y | x) (0 = off)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"                # adam | adamw
@@ -126,7 +131,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.sample.spacing = "uniform"         # ddim timestep spacing: uniform | quadratic
   c.sample.variance = "beta"           # beta | beta_tilde
   c.sample.clip_x0 = True
-  c.sample.label = -1                  # -1 = all classes in turn
+  c.sample.label = -1                  # -1 = all classes in turn (conditional DDPM and EBM)
   c.sample.guidance = 1.0
   c.sample.batch_size = 256
   c.sample.use_ema = True
@@ -142,6 +147,11 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval.ddpm_workdir = ""            # denoiser figures: DDPM samples from the same noise
   c.eval.nll_images = 256             # DDPM: test images scored by the variational bound
                                       # (nll_bpd, bits/dim); 0 = skip
+  c.eval.restore_num = 256            # EBM: test images inpainted and denoised (MSE/PSNR); 0 = skip
+  c.eval.inpaint_box = ()             # EBM: (top, left, height, width); () = centred, half the side
+  c.eval.inpaint_steps = 60           # EBM: Langevin steps filling the box from U[-1, 1]
+  c.eval.denoise_sigma = 0.3          # EBM: std of the Gaussian noise to remove (as the OOD set)
+  c.eval.denoise_steps = 10           # EBM: noise-free Langevin steps from the noisy image
 
   c.bench = ml_collections.ConfigDict()
   c.bench.batch_size = 0               # train / CD / Langevin batch; 0 = train.batch_size

@@ -107,5 +107,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.num = 8
   c.sample.batch_size = 8
   c.eval.num_samples = 16
+  c.eval.restore_num = 4
+  c.eval.inpaint_steps = 3
+  c.eval.denoise_steps = 2
   c.bench.repeats = 2
   return c

@@ -19,21 +19,29 @@ guard is on: the tutorial's energies stay within a few units, so |loss| or
 |E| above 1e3 means the run blew up.
 
 Variants (`--config configs/ebm_fashion_mnist.py:ARG`):
-  smoke  seconds: c_hid 8, batch 8, buffer 32, 5 Langevin steps, 64 examples.
+  smoke              seconds: c_hid 8, batch 8, buffer 32, 5 Langevin steps, 64 examples.
+  conditional        JEM (Grathwohl et al. 2020): the same CNN with 10 outputs, E(x, y) =
+                     -f(x)[y] and E(x) = -logsumexp_y f(x)[y]; chains on E(x, y) from a
+                     per-class buffer (ebm.conditional_sampling) and the hybrid loss
+                     CD + 1.0 · cross-entropy (ebm.ce_weight). Samples classes in turn
+                     (sample.label = -1; K for class K), and is a classifier too.
+  conditional_smoke  the conditional model at the smoke size (tests).
 
 Commands:
   python -m launch --config configs/ebm_fashion_mnist.py:smoke --workdir /tmp/ebm_fashion_mnist_smoke
+  python -m launch --config configs/ebm_fashion_mnist.py:conditional --workdir runs/ebm_fashion_mnist_conditional
+  python -m launch --config configs/ebm_fashion_mnist.py:conditional --workdir runs/ebm_fashion_mnist_conditional --mode sample --config.sample.label=3
 """
 from __future__ import annotations
 
 import ml_collections
 
 from configs.base import get_base
-_VARIANTS = ("smoke",)
+_VARIANTS = ("smoke", "conditional", "conditional_smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The config; arg None (the full CPU run) or "smoke"."""
+  """The config; arg None (the full CPU run) or one of `_VARIANTS`."""
   c = get_base()
   c.task = "ebm"
 
@@ -82,6 +90,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in _VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of ebm_fashion_mnist "
                      f"(allowed: {', '.join(_VARIANTS)})")
+  if arg in ("conditional", "conditional_smoke"):
+    c.model.num_classes = 10
+    c.ebm.conditional_sampling = True
+    c.ebm.ce_weight = 1.0
+    c.sample.label = -1                # classes in turn
+  if arg == "conditional":
+    return c
   # smoke: seconds on CPU, for tests and a first check of the loop.
   c.data.num_examples = 64
   c.model.ch = 8
@@ -97,6 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample.num = 8
   c.sample.batch_size = 8
   c.eval.num_samples = 16
+  c.eval.restore_num = 4
+  c.eval.inpaint_steps = 3
+  c.eval.denoise_steps = 2
   c.bench.repeats = 2
   c.bench.warmup = 1
   c.bench.matmul_size = 128
