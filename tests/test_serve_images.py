@@ -23,14 +23,16 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from configs import serve as serve_configs
 from launch import figures
 from launch.serve import app as serve
 from launch.serve import models as serve_models
 from launch.serve import uploads
-from test_serve import SMOKE, serve_config, write_workdir
+from test_serve import ROOT, SMOKE, serve_config, write_workdir
 
 H, W = 28, 28
 MAX_UPLOAD = 16384
+JEM = f"{ROOT}/configs/ebm_fashion_mnist.py:conditional_smoke"  # 10 classes, E(x, y) = -f(x)[y]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def batcher(tmp_path_factory):
   root = tmp_path_factory.mktemp("serve_images")
   config = serve_config({"ebm": write_workdir(SMOKE["ebm"], root / "ebm")},
                         max_upload_bytes=MAX_UPLOAD)
+  config.models.jem = serve_configs.model(JEM, str(write_workdir(JEM, root / "jem")))
   config.warmup = "none"
   b = serve.build(config).start()
   assert b.wait_ready(60), b.error
@@ -91,13 +94,20 @@ def post(client, path: str, image: bytes | None, mask: bytes | None = None, **fi
 # What the endpoints return.
 
 
-def test_models_lists_the_image_operations_and_upload_limits(client):
+def test_models_lists_the_image_operations_and_upload_limits(client, batcher):
   body = client.get("/models").json()
-  (ebm,) = body["models"]
+  ebm, jem = body["models"]
+  assert (ebm["name"], ebm["conditional"], jem["name"], jem["num_classes"]) == (
+      "ebm", False, "jem", 10)
+  assert jem["classes"][0] == "T-shirt/top"
   assert ebm["image_ops"] == ["inpaint", "denoise", "energy"]
   options = ebm["image_options"]
-  assert options["inpaint"]["steps_default"] == 8 and 8 in options["inpaint"]["steps_choices"]
-  assert options["denoise"]["steps_default"] == serve_models.DENOISE_STEPS
+  restoration = batcher.models["ebm"].task.restoration  # eval.inpaint_steps, denoise_steps
+  assert (options["inpaint"]["steps_default"], options["denoise"]["steps_default"]) == (
+      restoration.inpaint_steps, restoration.denoise_steps) == (3, 2)
+  assert set(options["inpaint"]["steps_choices"]) == {
+      v for v in serve_models.STEP_CHOICES if v <= 1024}
+  assert options["sigma_default"] == restoration.denoise_sigma
   assert body["limits"]["max_upload_bytes"] == MAX_UPLOAD
   spec = client.get("/openapi.json").json()
   assert {"/inpaint", "/denoise", "/energy", "/examples"} <= set(spec["paths"])
@@ -220,7 +230,7 @@ def test_random_floats_images_and_masks_compile_no_new_program(client, batcher):
   before = model.compiles
   jax.monitoring.register_event_duration_secs_listener(on_event)
   try:
-    for i in range(3, 33):
+    for i in range(3, 21):
       path, data, fields = request(i)
       r = post(client, path, data, **fields)
       assert r.status_code == 200, r.text
@@ -237,6 +247,57 @@ def test_steps_outside_the_choices_are_refused_without_compiling(client, batcher
     r = post(client, "/denoise", png(picture()), steps=steps)
     assert r.status_code == 422 and r.json()["field"] == "steps", r.text
   assert batcher.models["ebm"].compiles == before
+
+
+def test_class_conditional_ebm_generates_by_label(client):
+  """The API's label for a class-conditional (JEM) EBM: one class, or the classes in turn."""
+  body = {"model": "jem", "num_images": 4, "seed": 2, "steps": 2, "format": "json"}
+  three = client.post("/generate", json={**body, "label": 3})
+  assert three.status_code == 200, three.text
+  assert three.json()["labels"] == [3, 3, 3, 3]
+  assert client.post("/generate", json={**body, "label": 3}).json()["images"] == (
+      three.json()["images"])
+  turn = client.post("/generate", json=body).json()  # config.sample.label = -1
+  assert turn["labels"] == [0, 1, 2, 3]
+  assert turn["images"][3] == three.json()["images"][3]  # image 3: class 3 either way
+  assert turn["images"][0] != three.json()["images"][0]
+  for bad in (10, -1):
+    r = client.post("/generate", json={**body, "label": bad})
+    assert r.status_code == 422 and r.json()["field"] == "label", r.text
+  r = client.post("/generate", json={"model": "ebm", "label": 0})
+  assert r.status_code == 422 and "unconditional" in r.json()["detail"]
+
+
+def test_class_conditional_energy_per_class_and_marginal(client, batcher):
+  model = batcher.models["jem"]
+  data = png(picture(2))
+  r = post(client, "/energy", data, model="jem")
+  assert r.status_code == 200, r.text
+  body = r.json()
+  x = figures.from_uint8(decode(data))[None, :, :, None]
+  class_energies = -np.asarray(model.task.class_logits(model.params, x), np.float64)[0]
+  np.testing.assert_allclose(body["class_energies"], class_energies, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(body["energy"], float(model.task.energy(model.params, x)[0]),
+                             rtol=1e-5, atol=1e-6)
+  # E(x) = -logsumexp_y -E(x, y), in float64 from the returned class energies.
+  e = np.asarray(body["class_energies"], np.float64)
+  np.testing.assert_allclose(body["energy"], -np.log(np.sum(np.exp(-e))), rtol=1e-5, atol=1e-5)
+  p = np.exp(-e - np.max(-e))
+  np.testing.assert_allclose(body["class_probabilities"], p / p.sum(), rtol=1e-6, atol=1e-9)
+  assert body["predicted_class"] == int(np.argmin(e)) and len(body["classes"]) == 10
+
+
+def test_class_conditional_inpaint_and_denoise_under_a_label(client):
+  x = picture(3)
+  box = {"top": 0, "left": 0, "height": 14, "width": 28}
+  labelled = post(client, "/inpaint", png(x), model="jem", label=7, steps=2, seed=1, **box,
+                  format="json")
+  assert labelled.status_code == 200, labelled.text
+  assert labelled.json()["labels"] == [7]
+  out = b64decode(labelled.json()["images"][0])
+  np.testing.assert_array_equal(out[14:], x[14:])
+  r = post(client, "/denoise", png(x), model="jem", label=10)
+  assert r.status_code == 422 and r.json()["field"] == "label", r.text
 
 
 # ---------------------------------------------------------------------------

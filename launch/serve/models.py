@@ -62,8 +62,6 @@ from etils import epath
 
 from ddpm import samplers as ddpm_samplers
 from ebm import buffer as ebm_buffer
-from ebm import cd as ebm_cd
-from ebm import networks as ebm_networks
 from ebm import ood as ebm_ood
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
@@ -209,8 +207,6 @@ class Options:
 
 
 IMAGE_OPS = ("inpaint", "denoise", "energy")
-DENOISE_STEPS = 10
-"""Langevin steps of /denoise by default: a few, from the noisy image (`ebm.ood.denoise`)."""
 MAX_SIGMA = 2.0
 """The largest noise σ /denoise adds (pixels are in [-1, 1]: σ = 2 drowns any image)."""
 
@@ -506,34 +502,42 @@ class _DDPMSampling(_Sampling):
 class _EBMSampling(_Sampling):
   """EBM: Langevin chains on the energy, from noise (/generate) or from an image.
 
-  /generate runs a chain from uniform noise; /inpaint one with the known
-  pixels clamped, from noise in the others (`ebm.ood.inpaint`); /denoise a
-  few steps from the (optionally noised) image (`ebm.ood.denoise`); /energy
-  evaluates E(x) (and, for a class-conditional EBM, E(x, y) for every y).
-  The step size, σ, the image and its mask are per-image inputs of the
-  program (any value in range reuses it); what selects it is the operation,
-  the number of steps (one of `limits.step_choices` up to
-  `limits.max_langevin_steps`, or the default) and, for a class-conditional
-  EBM, whether the chain runs on E(x, y) (a label) or on the marginal E(x).
+  Every operation is the task's (`launch.tasks.ebm.EBMTask`): /generate runs
+  `task.sample` from uniform noise; /inpaint `task.inpaint` (the known
+  pixels clamped, the others from uniform noise); /denoise `task.denoise`
+  (noise-free steps from the image, after adding N(0, σ²) when σ > 0);
+  /energy `task.energy` (E(x); the marginal of a class-conditional EBM) and
+  `task.class_logits` (E(x, y) = -f(x)[y] for every y). The step size, σ,
+  the label, the image and its mask are per-image inputs of the program
+  (any value in range reuses it); what selects it is the operation, the
+  number of steps (one of `limits.step_choices` up to
+  `limits.max_langevin_steps`, or the default) and whether the chain runs
+  on E(x, y) (labelled) or on E(x).
+
+  Labels, as the task's: /generate from a class-conditional EBM samples
+  `label`, or without one config.sample.label (-1: the classes in turn,
+  image i of class i mod K); /inpaint and /denoise run on E(x, label), or
+  without one on the marginal E(x).
   """
 
   image_ops = IMAGE_OPS
 
   def __init__(self, task, config, limits: Limits):
+    del config  # the task was built from it and validated it
     self.task = task
     chain = task.sample_langevin
-    default_steps = int(config.sample.steps) or int(chain.num_steps)
+    default_steps = int(chain.num_steps)
     self.max_steps = max(limits.max_langevin_steps, default_steps)
     self.steps = default_steps
     self.step_size = float(chain.step_size)
     self.max_step_size = max(limits.max_step_size, self.step_size)
     self.default_sampler = "langevin"
     self.step_choices = _step_choices(limits, 1, self.max_steps, self.steps)
-    self.num_classes = int(ebm_networks.num_classes_of(task.network))
-    label = config.sample.get("label", -1)
-    self.default_label = int(label) if 0 <= label < self.num_classes else None
-    # Inpainting fills from noise: the sampling chain's length; denoising a few steps.
-    self.op_steps = {"inpaint": self.steps, "denoise": min(DENOISE_STEPS, self.max_steps)}
+    self.num_classes = int(task.num_classes)
+    # The protocol of --mode evaluate / figures gives the defaults of the image operations.
+    restoration = task.restoration
+    self.op_steps = {"inpaint": min(restoration.inpaint_steps or self.steps, self.max_steps),
+                     "denoise": min(restoration.denoise_steps or 1, self.max_steps)}
     self.op_choices = {op: _step_choices(limits, 1, self.max_steps, steps)
                        for op, steps in self.op_steps.items()}
 
@@ -544,22 +548,31 @@ class _EBMSampling(_Sampling):
 
   def image_options(self) -> dict[str, Any]:
     """The defaults and ranges of the image operations, for GET /models."""
-    return {op: {"steps_default": steps, "steps_choices": list(self.op_choices[op]),
-                 "step_size_default": self.step_size, "step_size_max": self.max_step_size}
-            for op, steps in self.op_steps.items()} | {"sigma_max": MAX_SIGMA}
+    ops = {op: {"steps_default": steps, "steps_choices": list(self.op_choices[op]),
+                "step_size_default": self.step_size, "step_size_max": self.max_step_size}
+           for op, steps in self.op_steps.items()}
+    return {**ops, "sigma_max": MAX_SIGMA,
+            "sigma_default": float(self.task.restoration.denoise_sigma)}
 
-  def _labels(self, label: int | None, n: int) -> tuple[np.ndarray, list[int] | None]:
-    """([n] int32 labels, echo): a class, or -1 and None for the marginal E(x)."""
-    if not self.num_classes:
-      if label is not None:
-        raise RequestError("label", "the model is unconditional: leave label out (or null)")
-      return np.full((n,), -1, np.int32), None
-    label = self.default_label if label is None else label
-    if label is None:
-      return np.full((n,), -1, np.int32), None
-    if not 0 <= label < self.num_classes:
-      raise RequestError("label", f"must be in [0, {self.num_classes - 1}], got {label}")
-    return np.full((n,), label, np.int32), [label] * n
+  def _labels(self, label: int | None, n: int, marginal: bool) -> tuple[np.ndarray, Any]:
+    """([n] int32 labels, echo) of a request; echo None = the chain runs on E(x).
+
+    `marginal`: a missing label means E(x) (image operations), not the
+    task's default labels (generation).
+    """
+    if label is None and (marginal or not self.num_classes):
+      return np.zeros((n,), np.int32), None
+    try:
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):  # host arithmetic only
+        labels = (self.task.sample_labels(n) if label is None
+                  else self.task.sample_labels(n, int(label)))
+    except ValueError as e:
+      raise RequestError("label", "the model is unconditional: leave label out (or null)"
+                         if not self.num_classes else str(e)) from None
+    if labels is None:
+      return np.zeros((n,), np.int32), None
+    labels = np.asarray(labels, np.int32)
+    return labels, labels.tolist()
 
   def _steps(self, steps: int | None, default: int, choices: tuple[int, ...], what: str) -> int:
     steps = default if steps is None else steps
@@ -582,7 +595,7 @@ class _EBMSampling(_Sampling):
     steps = self._steps(o.steps, self.steps, self.step_choices, "langevin")
     step_size = self._step_size(o.step_size)
     n = o.num_images
-    labels, echo = self._labels(o.label, n)
+    labels, echo = self._labels(o.label, n, marginal=False)
     return Plan(static=("langevin", steps, echo is not None),
                 extras={"step_size": np.full((n,), step_size, np.float32), "label": labels},
                 info={"sampler": "langevin", "steps": steps, "step_size": step_size,
@@ -596,7 +609,7 @@ class _EBMSampling(_Sampling):
                   info={"op": "energy", "num_classes": self.num_classes})
     steps = self._steps(o.steps, self.op_steps[o.op], self.op_choices[o.op], o.op)
     step_size = self._step_size(o.step_size)
-    labels, echo = self._labels(o.label, n)
+    labels, echo = self._labels(o.label, n, marginal=True)
     extras = {"x": x, "step_size": np.full((n,), step_size, np.float32), "label": labels}
     info = {"op": o.op, "steps": steps, "step_size": step_size, "labels": echo}
     if o.op == "inpaint":
@@ -610,7 +623,7 @@ class _EBMSampling(_Sampling):
   def extras_like(self, static: tuple, bucket: int) -> dict[str, np.ndarray]:
     shape = (bucket,) + tuple(self.task.image_shape)
     per_image = {"step_size": np.full((bucket,), self.step_size, np.float32),
-                 "label": np.full((bucket,), -1, np.int32)}
+                 "label": np.zeros((bucket,), np.int32)}
     if static[0] == "energy":
       return {"x": np.zeros(shape, np.float32)}
     if static[0] == "inpaint":
@@ -624,69 +637,56 @@ class _EBMSampling(_Sampling):
   def output_shape(self, static: tuple) -> tuple[int, ...]:
     image_shape = tuple(self.task.image_shape)
     if static[0] == "energy":
-      return (1 + self.num_classes,) if self.num_classes else (1,)
+      return (1 + self.num_classes,)  # E(x), then E(x, y) for y = 0..K-1
     if static[0] in ("inpaint", "denoise"):
       return (2,) + image_shape  # the chain's start (the corrupted input), its end
     return image_shape
 
   def warm_statics(self, which: str) -> list[tuple]:
-    default = ("langevin", self.steps, self.default_label is not None)
+    default = ("langevin", self.steps, self.num_classes > 0)
     if which != "all":
       return [default]
-    labelled = self.default_label is not None
-    return [default, ("energy",)] + [(op, steps, labelled) for op, steps in self.op_steps.items()]
+    return [default, ("energy",)] + [(op, steps, False) for op, steps in self.op_steps.items()]
 
   def sample_one(self, static: tuple) -> Callable:
-    op = static[0]
-    task, network = self.task, self.task.network
-    image_shape = tuple(task.image_shape)
+    op, task = static[0], self.task
     if op == "energy":
-      k = self.num_classes
-
       def energy(params, key, ex):
         del key
         x = ex["x"][None]
-        if not k:
-          return ebm_networks.energy_fn_of(network, params)(x)
-        class_energies = ebm_networks.class_energies_fn_of(network, params)(x)
-        return jnp.concatenate([ebm_networks.marginal_energy(class_energies), class_energies[0]])
+        e = task.energy(params, x)
+        if not self.num_classes:
+          return e
+        return jnp.concatenate([e, -task.class_logits(params, x)[0]])
       return energy
     _, steps, labelled = static
 
-    def chain_and_energy(params, ex):
-      # `task.sample` takes the chain as static settings (a new step size would
-      # compile a new program): the task's chain with a traced step size.
-      chain = dataclasses.replace(task.sample_langevin, num_steps=steps,
-                                  step_size=ex["step_size"])
-      return chain, ebm_networks.energy_fn_of(network, params,
-                                              ex["label"][None] if labelled else None)
+    def label_of(ex):
+      return ex["label"][None] if labelled else None
 
     if op == "langevin":
       def one(params, key, ex):
-        chain, _ = chain_and_energy(params, ex)
-        return ebm_cd.sample(params, key, 1, network=network, image_shape=image_shape,
-                             langevin_settings=chain,
-                             labels=ex["label"][None] if labelled else None)[0]
+        # The step size is an input of the task's program (a new one compiles nothing).
+        return task.sample(params, key, 1, steps=steps, step_size=ex["step_size"],
+                           labels=label_of(ex))[0]
       return one
     if op == "inpaint":
       def inpaint(params, key, ex):
-        chain, energy_fn = chain_and_energy(params, ex)
         x, known = ex["x"][None], ex["known"][None]
-        # ebm.ood.inpaint's own start (uniform noise from the key's first half), kept to show it.
-        noise = ebm_buffer.uniform_images(jax.random.split(key)[0], 1, image_shape)
+        # The chain's start, as `ebm.ood.inpaint` draws it from this key (returned to show
+        # the corrupted input): uniform noise in the unknown pixels.
+        noise = ebm_buffer.uniform_images(jax.random.split(key)[0], 1, x.shape[1:])
         start = jnp.where(known, x, noise)
-        out = ebm_ood.inpaint(energy_fn, x, known, key, steps, chain.step_size,
-                              chain.noise_scale, chain.grad_clip, noise_first=chain.noise_first,
-                              init=start)
+        out = task.inpaint(params, x, known, key, steps=steps, step_size=ex["step_size"],
+                           label=label_of(ex))
         return jnp.concatenate([start, out])
       return inpaint
 
     def denoise(params, key, ex):
-      chain, energy_fn = chain_and_energy(params, ex)
       k_noise, k_chain = jax.random.split(key)
       noisy = ebm_ood.gaussian_noised_set(k_noise, ex["x"][None], ex["sigma"])
-      out = ebm_ood.denoise(energy_fn, noisy, k_chain, steps, chain.step_size,
-                            grad_clip=chain.grad_clip, noise_first=chain.noise_first)
+      out = task.denoise(params, noisy, k_chain, steps=steps, step_size=ex["step_size"],
+                         label=label_of(ex))
       return jnp.concatenate([noisy, out])
     return denoise
 
