@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import pathlib
 import re
+import shutil
 import struct
+import subprocess
 import zlib
 
 import httpx
@@ -440,3 +443,29 @@ def test_malformed_multipart_and_json_bodies_are_4xx(client):
   assert 400 <= r.status_code < 500, r.text
   r = client.post("/inpaint", json={"image": base64.b64encode(GOOD).decode(), **BOX})
   assert r.status_code == 422 and r.json()["field"] == "image", r.text
+
+
+def test_the_pages_png_encoder_round_trips_through_the_upload_decoder(tmp_path):
+  """static/images.js encodes a drawn image as a PNG itself (no library): its bytes, run in
+  node, decode to the same pixels here, gray and RGB, in one deflate block and in several."""
+  node = shutil.which("node") or shutil.which("nodejs")
+  if node is None:
+    pytest.skip("no node binary (the browser test checks the encoder end to end)")
+  script = tmp_path / "encode.js"
+  script.write_text("""
+const fs = require("fs");
+const src = fs.readFileSync(process.argv[2], "utf8");
+const start = src.indexOf("  const CRC_TABLE"), end = src.indexOf("  // -- the canvas");
+const encodePng = new Function(src.slice(start, end) + "\\nreturn encodePng;")();
+for (const [h, w, c] of [[28, 28, 1], [32, 32, 3], [300, 300, 1]]) {
+  const pixels = new Uint8Array(h * w * c).map((_, i) => (i * 7 + (i >> 8)) % 256);
+  fs.writeFileSync(`${process.argv[3]}/${h}_${w}_${c}.png`, encodePng(pixels, w, h, c));
+}
+""")
+  static = pathlib.Path(serve.__file__).parent / "static" / "images.js"
+  subprocess.run([node, str(script), str(static), str(tmp_path)], check=True, timeout=60)
+  for h, w, c in ((28, 28, 1), (32, 32, 3), (300, 300, 1)):
+    data = (tmp_path / f"{h}_{w}_{c}.png").read_bytes()
+    x = uploads.decode_image(data, "image", (h, w, c), 1 << 20)
+    i = np.arange(h * w * c)
+    np.testing.assert_array_equal(x.reshape(-1), (i * 7 + (i >> 8)) % 256)

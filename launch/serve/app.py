@@ -78,6 +78,7 @@ from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
 
 _STATIC = pathlib.Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
+                 "images.js": "text/javascript; charset=utf-8",
                  "docs.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}
 
