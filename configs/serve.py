@@ -21,7 +21,8 @@ Sections:
   limits       what one request may ask for, the queue (launch/serve/queue.py)
                and the connection bounds (launch/serve/connections.py).
   warmup       programs compiled at start, before /health reports ready:
-               "all" (every sampler at its default steps, every bucket),
+               "all" (every sampler at its default steps, every bucket; an
+               EBM's /inpaint, /denoise and /energy in the smallest bucket),
                "default" (the config's sampler only) or "none" (on demand).
 """
 from __future__ import annotations

@@ -237,7 +237,8 @@ def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
                      " for (let i = 0; i < d.length; i += 4) n += d[i] > 0; return n; })()")
   assert lit > 10, lit
   browser.eval("document.querySelector('input[name=tool][value=box]').click()")
-  _drag(browser, "#canvas", [(0.1, 0.1), (0.3, 0.3), (0.5, 0.6)])  # rows 2..16, columns 2..14
+  centre = lambda row, col: ((col + 0.5) / 28, (row + 0.5) / 28)  # noqa: E731
+  _drag(browser, "#canvas", [centre(2, 2), centre(8, 8), centre(16, 14)])  # rows 2..16, cols 2..14
   box = browser.eval("['top', 'left', 'height', 'width'].map(k => "
                      "Number(document.getElementById('box-' + k).value))")
   assert box == [2, 2, 15, 13], box

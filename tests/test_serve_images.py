@@ -242,6 +242,21 @@ def test_random_floats_images_and_masks_compile_no_new_program(client, batcher):
   assert model.compiles == before and compiles == []
 
 
+def test_warmup_all_compiles_the_image_programs_in_the_smallest_bucket(batcher, monkeypatch):
+  model = batcher.models["jem"]
+  compiled = []
+
+  def program(static, bucket, pin=False):
+    compiled.append((static, bucket))
+    return lambda *args: np.zeros((bucket, *model.output_shape(static)), np.float32)
+  monkeypatch.setattr(model, "program", program)
+  assert model.warm("all", (4, 16)) == len(compiled) == 5
+  steps = model.sampling.op_steps
+  assert compiled == [(("langevin", 8, True), 4), (("langevin", 8, True), 16), (("energy",), 4),
+                      (("inpaint", steps["inpaint"], False), 4),
+                      (("denoise", steps["denoise"], False), 4)]
+
+
 def test_steps_outside_the_choices_are_refused_without_compiling(client, batcher):
   before = batcher.models["ebm"].compiles
   choices = batcher.limits.step_choices
@@ -323,6 +338,8 @@ GOOD = png(picture())
 BOX = {"top": 4, "left": 4, "height": 8, "width": 8}
 CORRUPT_CRC = GOOD[:29] + bytes([GOOD[29] ^ 0xFF]) + GOOD[30:]  # a byte of the IHDR CRC
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(100)
+APNG = png_of(Image.fromarray(picture()), save_all=True,
+              append_images=[Image.fromarray(picture(1))])  # two frames
 
 # (path, image, mask, fields, status, field, words in the detail)
 REFUSED = [
@@ -333,6 +350,9 @@ REFUSED = [
     ("/energy", GOOD[:len(GOOD) // 2], None, {}, 422, "image", "truncated"),
     ("/energy", GOOD[:-12], None, {}, 422, "image", "truncated"),  # no IEND
     ("/energy", CORRUPT_CRC, None, {}, 422, "image", "CRC"),
+    ("/energy", GOOD[:60] + GOOD[-12:], None, {}, 422, "image", "cannot be decoded"),  # cut IDAT
+    ("/energy", GOOD + b"trailing", None, {}, 422, "image", "IEND"),
+    ("/energy", APNG, None, {}, 422, "image", "animated"),
     ("/energy", bomb(), None, {}, 413, "image", "100000x100000"),
     ("/energy", bomb(1000, 1000), None, {}, 422, "image", "expected 28x28"),
     ("/energy", png(np.zeros((32, 32), np.uint8)), None, {}, 422, "image", "expected 28x28"),

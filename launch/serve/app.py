@@ -19,6 +19,18 @@ package's own static/docs.html: no CDN, works offline):
   POST /generate  {"model", "num_images", "seed", "sampler", "steps", "eta",
                   "label", "guidance", "step_size", "format"} -> a PNG grid,
                   or JSON with one base64 PNG per image and the grid.
+  Energy-based models (multipart/form-data: `image`, a PNG of the model's
+  size and channels, and form fields; launch/serve/uploads.py checks it):
+  POST /inpaint   image + a box (top, left, height, width) or a `mask` PNG
+                  (white = fill), steps, step_size, label, num_images, seed,
+                  format -> the inpainted PNG (known pixels exact), or JSON
+                  with the results and the chains' starts.
+  POST /denoise   image + sigma (noise added first; 0: already noisy), steps,
+                  step_size, label, num_images, seed, format -> as /inpaint.
+  POST /energy    image -> JSON: E(x) (the OOD score), and for a
+                  class-conditional EBM E(x, y), p(y | x), the predicted class.
+  GET  /examples  ?model= -> up to `limits.max_examples` test images (404
+                  when the dataset is not on the server).
 
 Same seed, same bytes: an image depends only on (model, options, seed,
 index), not on `num_images`, the bucket or the requests batched with it
@@ -36,10 +48,13 @@ others (1,000 idle sockets from one client are tested).
 
 Requests never name files: a model is one of the names loaded at start.
 Bad input is a 4xx whose JSON body {"detail", "field", "errors"} names the
-field: 400 malformed JSON, 413 body over `limits.max_body_bytes`, 422 a
-value the schema or the model refuses (unknown model, too many images, steps
-out of range, a label for an unconditional model, wrong types, unknown
-fields). 429 (queue full) and 503 (warming up, stopping, or the request's
+field: 400 malformed JSON, 413 body over `limits.max_body_bytes` (uploads:
+`limits.max_upload_bytes`, counted as the body arrives) or a PNG declaring
+more than `limits.max_image_pixels` pixels, 422 a value the schema or the
+model refuses (unknown model, too many images, steps out of range, a label
+for an unconditional model, wrong types, unknown fields; an upload that is
+not a whole PNG of the model's size, bit depth and channels, a box outside
+the image, an empty mask). 429 (queue full) and 503 (warming up, stopping, or the request's
 time limit passed) carry Retry-After. Sampling runs on the worker thread of
 `launch.serve.queue.Batcher`, never on the event loop; see that module for
 batching and `launch.serve.models` for programs and determinism.

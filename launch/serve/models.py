@@ -354,6 +354,11 @@ class _Sampling(abc.ABC):
   def sample_one(self, static: tuple) -> Callable:
     """(params, key, extras of one image) -> one image [H, W, C]."""
 
+  def warm_buckets(self, static: tuple, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    """The buckets the warm-up compiles `static` in."""
+    del static
+    return buckets
+
 
 class _DDPMSampling(_Sampling):
   """DDPM: the samplers of `ddpm.samplers.SAMPLERS`; a request is a SamplingSpec.
@@ -648,6 +653,10 @@ class _EBMSampling(_Sampling):
       return [default]
     return [default, ("energy",)] + [(op, steps, False) for op, steps in self.op_steps.items()]
 
+  def warm_buckets(self, static: tuple, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    # An image request is usually one image: its programs are warmed in the smallest bucket.
+    return buckets[:1] if static[0] in IMAGE_OPS else buckets
+
   def sample_one(self, static: tuple) -> Callable:
     op, task = static[0], self.task
     if op == "energy":
@@ -904,7 +913,7 @@ class ServedModel:
       return 0
     count = 0
     for static in self.sampling.warm_statics(which):
-      for bucket in buckets:
+      for bucket in self.sampling.warm_buckets(static, buckets):
         compiled = self.program(static, bucket, pin=True)
         jax.block_until_ready(compiled(*self._example_inputs(static, bucket)))
         count += 1

@@ -14,10 +14,10 @@ Order of the checks, cheapest and safest first:
      bomb (a tiny file declaring 100000 x 100000 pixels) is refused from its
      header (413, over `limits.max_image_pixels`), as are a wrong size, bit
      depth or channel count (422), before PIL inflates a byte;
-  3. the decode itself with PIL (`Image.open` + `load`), with PIL's own bomb
-     check raised to an error and text chunks bounded by PIL's limits; a
-     truncated or damaged file fails here (422), and so does a text chunk
-     that inflates beyond PIL's `PngImagePlugin.MAX_TEXT_CHUNK`;
+  3. the file must end with its IEND chunk, then PIL decodes it
+     (`Image.open` + `load`): a truncated or damaged file fails here (422),
+     as does a text chunk inflating beyond PIL's `PngImagePlugin.MAX_TEXT_CHUNK`
+     or an animated PNG;
   4. the decoded mode and size once more (PIL's view of the same header).
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import re
 import struct
-import warnings
 import zlib
 
 import numpy as np
@@ -91,20 +90,20 @@ def read_header(data: bytes, field: str, max_pixels: int) -> tuple[int, int, int
 def _decode(data: bytes, field: str, mode: str, max_pixels: int) -> np.ndarray:
   """PIL's decode of a PNG whose header was checked; uint8 [H, W] or [H, W, C]."""
   if not data.endswith(PNG_END):
-    raise UploadError(422, field, "the PNG is truncated: it does not end with its IEND chunk")
+    raise UploadError(422, field, "the PNG is truncated: it does not end with its IEND chunk "
+                                  "(cut short, or data after its end)")
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
-        if getattr(im, "n_frames", 1) > 1:
-          raise UploadError(422, field, f"an animated PNG ({im.n_frames} frames); send one image")
-        if im.mode != mode:
-          raise UploadError(422, field, f"PIL reads mode {im.mode}, expected {mode}")
-        im.load()
-        array = np.asarray(im, dtype=np.uint8)
+    # PIL's own bomb check (Image.MAX_IMAGE_PIXELS) cannot trigger after read_header's.
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+      if getattr(im, "n_frames", 1) > 1:
+        raise UploadError(422, field, f"an animated PNG ({im.n_frames} frames); send one image")
+      if im.mode != mode:
+        raise UploadError(422, field, f"PIL reads mode {im.mode}, expected {mode}")
+      im.load()
+      array = np.asarray(im, dtype=np.uint8)
   except UploadError:
     raise
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+  except Image.DecompressionBombError as e:
     raise UploadError(413, field, f"the PNG is a decompression bomb ({_reason(e)})") from None
   except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError,
           TypeError, MemoryError) as e:
