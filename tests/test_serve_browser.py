@@ -79,8 +79,9 @@ class DevTools:
     raise TimeoutError(f"not true after {timeout} s: {expression}")
 
   def click(self, selector: str) -> None:
-    """A real mouse click (pressed + released) at the centre of the element."""
-    box = self.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+    """A real mouse click (pressed + released) at the centre of the element (scrolled to)."""
+    box = self.eval(f"(() => {{ const e = document.querySelector({selector!r}); "
+                    "e.scrollIntoView({block: 'center'}); const r = e"
                     ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
     for kind in ("mousePressed", "mouseReleased"):
       self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left",
@@ -211,7 +212,8 @@ def test_api_docs_render_offline(browser, live_url):
 
 def _drag(devtools: DevTools, selector: str, path: list[tuple[float, float]]) -> None:
   """Presses the mouse at path[0] (fractions of the element's box), moves along, releases."""
-  box = devtools.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+  box = devtools.eval(f"(() => {{ const e = document.querySelector({selector!r}); "
+                      "e.scrollIntoView({block: 'center'}); const r = e"
                       ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
   points = [(box[0] + fx * box[2], box[1] + fy * box[3]) for fx, fy in path]
   devtools.call("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0], y=points[0][1],
@@ -221,6 +223,15 @@ def _drag(devtools: DevTools, selector: str, path: list[tuple[float, float]]) ->
                   buttons=1)
   devtools.call("Input.dispatchMouseEvent", type="mouseReleased", x=points[-1][0],
                 y=points[-1][1], button="left", clickCount=1)
+
+
+def _clear_status(devtools: DevTools) -> None:
+  devtools.eval("document.getElementById('image-status').textContent = ''")
+
+
+# The image-task status once an operation has finished (its buttons enabled again).
+_DONE = ("(() => { const s = document.getElementById('image-status').textContent; "
+         "return !document.getElementById('inpaint').disabled && !s.endsWith('…') && s; })()")
 
 
 def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
@@ -235,7 +246,7 @@ def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
   lit = browser.eval("(() => { const d = document.getElementById('canvas').getContext('2d')"
                      ".getImageData(0, 0, 28, 28).data; let n = 0;"
                      " for (let i = 0; i < d.length; i += 4) n += d[i] > 0; return n; })()")
-  assert lit > 10, lit
+  assert lit > 30, lit  # a stroke joining the three points, not three dots
   browser.eval("document.querySelector('input[name=tool][value=box]').click()")
   centre = lambda row, col: ((col + 0.5) / 28, (row + 0.5) / 28)  # noqa: E731
   _drag(browser, "#canvas", [centre(2, 2), centre(8, 8), centre(16, 14)])  # rows 2..16, cols 2..14
@@ -244,26 +255,25 @@ def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
   assert box == [2, 2, 15, 13], box
 
   _set(browser, "inpaint-steps", "1")
+  _clear_status(browser)
   browser.click("#inpaint")
-  status = browser.wait_for("(() => { const s = document.getElementById('image-status'); "
-                            "return s.textContent.startsWith('inpaint:') && s.textContent; })()",
-                            timeout=180)
+  status = browser.wait_for(_DONE, timeout=180)
   assert status.startswith("inpaint: 1 Langevin steps"), status
   size = browser.eval("(() => { const g = document.getElementById('image-result'); "
                       "return [g.naturalWidth, g.naturalHeight, g.dataset.state]; })()")
   assert size == [28, 28, "loaded"], size
 
+  _clear_status(browser)
   browser.click("#energy")
   energy = browser.wait_for("(() => { const t = document.getElementById('energy-table'); "
                             "return !t.hidden && t.textContent; })()", timeout=180)
   assert energy.startswith("E(x)") and "OOD score" in energy, energy
 
   _set(browser, "denoise-steps", "1")
+  _clear_status(browser)
   browser.click("#denoise")
-  status = browser.wait_for("(() => { const s = document.getElementById('image-status'); "
-                            "return s.textContent.startsWith('denoise:') && s.textContent; })()",
-                            timeout=180)
-  assert "σ 0.3" in status, status
+  status = browser.wait_for(_DONE, timeout=180)
+  assert status.startswith("denoise: 1 Langevin steps") and "σ 0.3" in status, status
 
   if browser.eval("!document.getElementById('examples-row').hidden"):
     browser.click("#examples img")
@@ -274,6 +284,7 @@ def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
 
   # The server's refusal is shown, naming the field.
   _set(browser, "box-top", "20")
+  _clear_status(browser)
   browser.click("#inpaint")
   status = browser.wait_for("(() => { const s = document.getElementById('image-status'); "
                             "return s.classList.contains('error') && s.textContent; })()")

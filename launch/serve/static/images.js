@@ -10,6 +10,7 @@
   let model = null;
   let sourceBlob = null;  // the exact bytes of an uploaded or picked image, until drawn on
   let drawing = false;
+  let lastPoint = null;
   let boxStart = null;
 
   // -- PNG encoding ---------------------------------------------------------
@@ -143,13 +144,19 @@
     return document.querySelector("input[name=tool]:checked").value;
   }
 
+  // A stroke from the previous mouse position (events arrive sparsely when the mouse is fast).
   function paint(event) {
     const [y, x] = pixelAt(event);
+    const [y0, x0] = lastPoint || [y, x];
     const ctx = context();
-    ctx.fillStyle = tool() === "erase" ? "#000" : "#fff";
+    ctx.strokeStyle = tool() === "erase" ? "#000" : "#fff";
+    ctx.lineWidth = 2.4;
+    ctx.lineCap = "round";
     ctx.beginPath();
-    ctx.arc(x + 0.5, y + 0.5, 1.2, 0, 2 * Math.PI);
-    ctx.fill();
+    ctx.moveTo(x0 + 0.5, y0 + 0.5);
+    ctx.lineTo(x + 0.5, y + 0.5);
+    ctx.stroke();
+    lastPoint = [y, x];
     sourceBlob = null;  // drawn on: send the canvas
   }
 
@@ -180,6 +187,7 @@
       return;
     }
     drawing = true;
+    lastPoint = null;
     paint(event);
   }
 
@@ -197,6 +205,7 @@
 
   function onUp() {
     drawing = false;
+    lastPoint = null;
     boxStart = null;
   }
 
