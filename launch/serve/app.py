@@ -626,14 +626,10 @@ def _image_endpoints(app: fastapi.FastAPI, batcher: Batcher,
     """The uploaded image as uint8 [H, W, C] (UploadError naming what is wrong)."""
     form = await request.form()  # parsed (and cached) by FastAPI already
     for key in form.keys():
-      if key not in known:
-        raise UploadError(422, key, f"unknown field (allowed: {', '.join(sorted(known))})")
+      if key not in known:  # a typo would otherwise be ignored silently
+        raise UploadError(422, key[:64], f"unknown field (allowed: {', '.join(sorted(known))})")
     data = await image.read()
     return uploads.decode_image(data, "image", model.image_shape, limits.max_image_pixels)
-
-  def image_options(op, image, num_images, seed, steps, step_size, label, **extra):
-    return ImageOptions(op=op, image=image, num_images=num_images, seed=seed, steps=steps,
-                        step_size=step_size, label=label, **extra)
 
   async def restore(op: str, model: ServedModel, options: ImageOptions, fmt: str,
                     started: float) -> fastapi.Response:
@@ -701,8 +697,8 @@ def _image_endpoints(app: fastapi.FastAPI, batcher: Batcher,
     except UploadError as e:
       return _error(e.status, e.field, str(e))
     seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
-    options = image_options("inpaint", x, num_images, seed, steps, step_size, label,
-                            known=known)
+    options = ImageOptions(op="inpaint", image=x, num_images=num_images, seed=seed, steps=steps,
+                           step_size=step_size, label=label, known=known)
     return await restore("inpaint", served, options, format, started)
 
   @app.post("/denoise", response_model=ImageResponse, responses={**png, **errors})
@@ -735,8 +731,8 @@ def _image_endpoints(app: fastapi.FastAPI, batcher: Batcher,
     except UploadError as e:
       return _error(e.status, e.field, str(e))
     seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
-    options = image_options("denoise", x, num_images, seed, steps, step_size, label,
-                            sigma=sigma)
+    options = ImageOptions(op="denoise", image=x, num_images=num_images, seed=seed, steps=steps,
+                           step_size=step_size, label=label, sigma=sigma)
     return await restore("denoise", served, options, format, started)
 
   @app.post("/energy", response_model=EnergyResponse, responses=_error_responses(
