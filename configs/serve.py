@@ -21,7 +21,8 @@ Sections:
   limits       what one request may ask for, the queue (launch/serve/queue.py)
                and the connection bounds (launch/serve/connections.py).
   warmup       programs compiled at start, before /health reports ready:
-               "all" (every sampler at its default steps, every bucket),
+               "all" (every sampler at its default steps, every bucket; an
+               EBM's /inpaint, /denoise and /energy in the smallest bucket),
                "default" (the config's sampler only) or "none" (on demand).
 """
 from __future__ import annotations
@@ -81,6 +82,12 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   c.limits.keep_alive_s = 5.0          # an idle keep-alive connection is closed after this
   c.limits.body_timeout_s = 30.0       # to send a request's body; then 408
   c.limits.max_header_bytes = 16384    # request line + headers; beyond: 400
+  # Uploads of /inpaint, /denoise, /energy (EBMs; launch/serve/uploads.py): a PNG of the
+  # model's own size. Bodies are counted as they arrive; a PNG's declared size is checked
+  # from its header, before a byte is inflated (a decompression bomb is a 413).
+  c.limits.max_upload_bytes = 262144   # a multipart upload body (image + mask); beyond: 413
+  c.limits.max_image_pixels = 1048576  # width x height a PNG may declare; beyond: 413
+  c.limits.max_examples = 16           # test images GET /examples offers (0: none)
   c.warmup = "all"                     # all | default | none
   return c
 

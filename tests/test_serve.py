@@ -665,10 +665,11 @@ def fuzz(libs, app, mode: str, max_examples: int) -> None:
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_fuzz_openapi_no_server_errors(fuzz_libs, batcher, monkeypatch, mode):
-  """Fuzzes validation, queue and encoding; device calls are instant zeros here."""
+  """Fuzzes validation, queue and encoding (the image endpoints' uploads too); device calls
+  are instant zeros here."""
   for model in batcher.models.values():
     monkeypatch.setattr(model, "run", lambda static, bucket, seeds, index, extras, m=model:
-                        np.zeros((bucket, *m.image_shape), np.float32))
+                        np.zeros((bucket, *m.output_shape(static)), np.float32))
   fuzz(fuzz_libs, serve.create_app(batcher, manage=False), mode, max_examples=150)
 
 

@@ -79,8 +79,9 @@ class DevTools:
     raise TimeoutError(f"not true after {timeout} s: {expression}")
 
   def click(self, selector: str) -> None:
-    """A real mouse click (pressed + released) at the centre of the element."""
-    box = self.eval(f"(() => {{ const r = document.querySelector({selector!r})"
+    """A real mouse click (pressed + released) at the centre of the element (scrolled to)."""
+    box = self.eval(f"(() => {{ const e = document.querySelector({selector!r}); "
+                    "e.scrollIntoView({block: 'center'}); const r = e"
                     ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
     for kind in ("mousePressed", "mouseReleased"):
       self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left",
@@ -207,3 +208,87 @@ def test_api_docs_render_offline(browser, live_url):
           if e.get("method") == "Network.requestWillBeSent"]
   assert urls and all(u.startswith(live_url) for u in urls), urls
   browser.call("Network.disable")
+
+
+def _drag(devtools: DevTools, selector: str, path: list[tuple[float, float]]) -> None:
+  """Presses the mouse at path[0] (fractions of the element's box), moves along, releases."""
+  box = devtools.eval(f"(() => {{ const e = document.querySelector({selector!r}); "
+                      "e.scrollIntoView({block: 'center'}); const r = e"
+                      ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
+  points = [(box[0] + fx * box[2], box[1] + fy * box[3]) for fx, fy in path]
+  devtools.call("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0], y=points[0][1],
+                button="left", clickCount=1)
+  for x, y in points[1:]:
+    devtools.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y, button="left",
+                  buttons=1)
+  devtools.call("Input.dispatchMouseEvent", type="mouseReleased", x=points[-1][0],
+                y=points[-1][1], button="left", clickCount=1)
+
+
+def _clear_status(devtools: DevTools) -> None:
+  devtools.eval("document.getElementById('image-status').textContent = ''")
+
+
+# The image-task status once an operation has finished (its buttons enabled again).
+_DONE = ("(() => { const s = document.getElementById('image-status').textContent; "
+         "return !document.getElementById('inpaint').disabled && !s.endsWith('…') && s; })()")
+
+
+def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
+  """Draw on the canvas, drag a box, and run /inpaint, /denoise and /energy from the page."""
+  browser.events.clear()
+  browser.call("Page.navigate", url=f"{live_url}/")
+  browser.wait_for("document.body && document.body.dataset.imagesReady === '1'", timeout=120)
+  assert browser.eval("document.getElementById('images').hidden") is False
+  assert browser.eval("[...document.getElementById('image-model').options]"
+                      ".map(o => o.value)") == ["ebm"]
+  _drag(browser, "#canvas", [(0.3, 0.2), (0.5, 0.5), (0.7, 0.8)])  # a pen stroke
+  lit = browser.eval("(() => { const d = document.getElementById('canvas').getContext('2d')"
+                     ".getImageData(0, 0, 28, 28).data; let n = 0;"
+                     " for (let i = 0; i < d.length; i += 4) n += d[i] > 0; return n; })()")
+  assert lit > 30, lit  # a stroke joining the three points, not three dots
+  browser.eval("document.querySelector('input[name=tool][value=box]').click()")
+  centre = lambda row, col: ((col + 0.5) / 28, (row + 0.5) / 28)  # noqa: E731
+  _drag(browser, "#canvas", [centre(2, 2), centre(8, 8), centre(16, 14)])  # rows 2..16, cols 2..14
+  box = browser.eval("['top', 'left', 'height', 'width'].map(k => "
+                     "Number(document.getElementById('box-' + k).value))")
+  assert box == [2, 2, 15, 13], box
+
+  _set(browser, "inpaint-steps", "1")
+  _clear_status(browser)
+  browser.click("#inpaint")
+  status = browser.wait_for(_DONE, timeout=180)
+  assert status.startswith("inpaint: 1 Langevin steps"), status
+  size = browser.eval("(() => { const g = document.getElementById('image-result'); "
+                      "return [g.naturalWidth, g.naturalHeight, g.dataset.state]; })()")
+  assert size == [28, 28, "loaded"], size
+
+  _clear_status(browser)
+  browser.click("#energy")
+  energy = browser.wait_for("(() => { const t = document.getElementById('energy-table'); "
+                            "return !t.hidden && t.textContent; })()", timeout=180)
+  assert energy.startswith("E(x)") and "OOD score" in energy, energy
+
+  _set(browser, "denoise-steps", "1")
+  _clear_status(browser)
+  browser.click("#denoise")
+  status = browser.wait_for(_DONE, timeout=180)
+  assert status.startswith("denoise: 1 Langevin steps") and "σ 0.3" in status, status
+
+  if browser.eval("!document.getElementById('examples-row').hidden"):
+    browser.click("#examples img")
+    browser.wait_for("document.querySelector('#examples img.picked') !== null")
+  ARTIFACTS.mkdir(exist_ok=True)
+  shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+  (ARTIFACTS / "serve_page_images.png").write_bytes(shot)
+
+  # The server's refusal is shown, naming the field.
+  _set(browser, "box-top", "20")
+  _clear_status(browser)
+  browser.click("#inpaint")
+  status = browser.wait_for("(() => { const s = document.getElementById('image-status'); "
+                            "return s.classList.contains('error') && s.textContent; })()")
+  assert status.startswith("error 422: height: top + height = 35 exceeds"), status
+  errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
+      e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
+  assert not errors, errors

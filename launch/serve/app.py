@@ -19,6 +19,18 @@ package's own static/docs.html: no CDN, works offline):
   POST /generate  {"model", "num_images", "seed", "sampler", "steps", "eta",
                   "label", "guidance", "step_size", "format"} -> a PNG grid,
                   or JSON with one base64 PNG per image and the grid.
+  Energy-based models (multipart/form-data: `image`, a PNG of the model's
+  size and channels, and form fields; launch/serve/uploads.py checks it):
+  POST /inpaint   image + a box (top, left, height, width) or a `mask` PNG
+                  (white = fill), steps, step_size, label, num_images, seed,
+                  format -> the inpainted PNG (known pixels exact), or JSON
+                  with the results and the chains' starts.
+  POST /denoise   image + sigma (noise added first; 0: already noisy), steps,
+                  step_size, label, num_images, seed, format -> as /inpaint.
+  POST /energy    image -> JSON: E(x) (the OOD score), and for a
+                  class-conditional EBM E(x, y), p(y | x), the predicted class.
+  GET  /examples  ?model= -> up to `limits.max_examples` test images (404
+                  when the dataset is not on the server).
 
 Same seed, same bytes: an image depends only on (model, options, seed,
 index), not on `num_images`, the bucket or the requests batched with it
@@ -36,10 +48,13 @@ others (1,000 idle sockets from one client are tested).
 
 Requests never name files: a model is one of the names loaded at start.
 Bad input is a 4xx whose JSON body {"detail", "field", "errors"} names the
-field: 400 malformed JSON, 413 body over `limits.max_body_bytes`, 422 a
-value the schema or the model refuses (unknown model, too many images, steps
-out of range, a label for an unconditional model, wrong types, unknown
-fields). 429 (queue full) and 503 (warming up, stopping, or the request's
+field: 400 malformed JSON, 413 body over `limits.max_body_bytes` (uploads:
+`limits.max_upload_bytes`, counted as the body arrives) or a PNG declaring
+more than `limits.max_image_pixels` pixels, 422 a value the schema or the
+model refuses (unknown model, too many images, steps out of range, a label
+for an unconditional model, wrong types, unknown fields; an upload that is
+not a whole PNG of the model's size, bit depth and channels, a box outside
+the image, an empty mask). 429 (queue full) and 503 (warming up, stopping, or the request's
 time limit passed) carry Retry-After. Sampling runs on the worker thread of
 `launch.serve.queue.Batcher`, never on the event loop; see that module for
 batching and `launch.serve.models` for programs and determinism.
@@ -70,12 +85,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from launch import figures
 from launch.config_errors import ConfigError
 from launch.serve.connections import InFlightLimit, guarded_protocol, raise_fd_limit
-from launch.serve.models import (MAX_SEED, WARMUP, Limits, Options, RequestError, ServedModel,
-                                 load_model, sampler_names)
+from launch.serve import uploads
+from launch.serve.models import (MAX_SEED, MAX_SIGMA, WARMUP, ImageOptions, Limits, Options,
+                                 RequestError, ServedModel, load_model, sampler_names)
+from launch.serve.uploads import UploadError
 from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
 
 _STATIC = pathlib.Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
+                 "images.js": "text/javascript; charset=utf-8",
                  "docs.js": "text/javascript; charset=utf-8",
                  "style.css": "text/css; charset=utf-8"}
 
@@ -114,6 +132,8 @@ class ModelDescription(pydantic.BaseModel):
   samplers: list[SamplerDescription]
   checkpoint_step: int
   use_ema: bool
+  image_ops: list[str] = []
+  image_options: dict[str, Any] = {}
 
 
 class LimitsDescription(pydantic.BaseModel):
@@ -133,6 +153,9 @@ class LimitsDescription(pydantic.BaseModel):
   header_timeout_s: float
   keep_alive_s: float
   body_timeout_s: float
+  max_upload_bytes: int
+  max_image_pixels: int
+  max_examples: int
 
 
 class ModelsResponse(pydantic.BaseModel):
@@ -174,6 +197,48 @@ class GenerateResponse(pydantic.BaseModel):
   elapsed_ms: float
   images: list[str]
   grid: str
+
+
+class ImageResponse(pydantic.BaseModel):
+  """`format: "json"` of /inpaint and /denoise: results, and the chains' starts (inputs)."""
+  model: str
+  op: Literal["inpaint", "denoise"]
+  seed: int
+  num_images: int
+  image_shape: list[int]
+  steps: int
+  step_size: float
+  sigma: Optional[float] = None
+  labels: Optional[list[int]] = None
+  checkpoint_step: int
+  batch_images: int
+  elapsed_ms: float
+  images: list[str]
+  inputs: list[str]
+  grid: str
+
+
+class EnergyResponse(pydantic.BaseModel):
+  """/energy: E(x) (the OOD score: higher = less like the training data); per class too."""
+  model: str
+  energy: float
+  ood_score: float
+  class_energies: Optional[list[float]] = None
+  class_probabilities: Optional[list[float]] = None
+  predicted_class: Optional[int] = None
+  classes: list[str] = []
+  checkpoint_step: int
+  elapsed_ms: float
+
+
+class ExamplesResponse(pydantic.BaseModel):
+  """Test images of a model's dataset (base64 PNGs of the model's image shape)."""
+  model: str
+  dataset: str
+  image_shape: list[int]
+  labels: list[int]
+  classes: list[str]
+  images: list[str]
 
 
 def _request_model(models: Mapping[str, ServedModel], limits: Limits) -> type[pydantic.BaseModel]:
@@ -276,14 +341,18 @@ class BodyLimit:
   """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed), 408 for
   a body part that takes over `timeout_s` to arrive (a client sending it slowly)."""
 
-  def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
+  def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, *,
+               upload_bytes: int = 0, upload_paths: tuple[str, ...] = ()):
     self.app = app
     self.max_bytes = max_bytes
     self.timeout_s = timeout_s
+    self.upload_bytes = upload_bytes
+    self.upload_paths = frozenset(upload_paths)
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
       return await self.app(scope, receive, send)
+    limit = self.upload_bytes if scope.get("path") in self.upload_paths else self.max_bytes
     declared = dict(scope.get("headers") or ()).get(b"content-length")
     if declared is not None:
       try:
@@ -293,8 +362,8 @@ class BodyLimit:
       if size < 0:
         return await _error(400, "content-length", "content-length: not a byte count")(
             scope, receive, send)
-      if size > self.max_bytes:
-        return await self._too_large(scope, receive, send)
+      if size > limit:
+        return await self._too_large(scope, receive, send, limit)
     received = 0
 
     async def limited_receive():
@@ -306,17 +375,18 @@ class BodyLimit:
             408, detail=f"body: not received within {self.timeout_s:g} s") from None
       if message["type"] == "http.request":
         received += len(message.get("body", b""))
-        if received > self.max_bytes:
-          raise fastapi.HTTPException(413, detail=self._message())
+        if received > limit:
+          raise fastapi.HTTPException(413, detail=self._message(limit))
       return message
 
     return await self.app(scope, limited_receive, send)
 
-  def _message(self) -> str:
-    return f"body: the request body exceeds the limit of {self.max_bytes} bytes"
+  def _message(self, limit: int) -> str:
+    which = "limits.max_upload_bytes" if limit == self.upload_bytes else "limits.max_body_bytes"
+    return f"body: the request body exceeds the limit of {limit} bytes ({which})"
 
-  async def _too_large(self, scope, receive, send):
-    return await _error(413, "body", self._message())(scope, receive, send)
+  async def _too_large(self, scope, receive, send, limit):
+    return await _error(413, "body", self._message(limit))(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------
@@ -340,14 +410,18 @@ def _limits_description(batcher: Batcher, request_model) -> LimitsDescription:
       timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes, chunk=limits.chunk,
       max_connections=limits.max_connections, max_requests=limits.max_requests,
       header_timeout_s=limits.header_timeout_s, keep_alive_s=limits.keep_alive_s,
-      body_timeout_s=limits.body_timeout_s)
+      body_timeout_s=limits.body_timeout_s, max_upload_bytes=limits.max_upload_bytes,
+      max_image_pixels=limits.max_image_pixels, max_examples=limits.max_examples)
 
 
 _ERRORS = {
-    400: "Malformed JSON.",
+    400: "Malformed JSON or multipart body.",
+    404: "No test images of the model's dataset on this server.",
     408: "The body was not received within `limits.body_timeout_s`.",
-    413: "Body too large.",
-    422: "A field the schema or the model refuses; `field` names it.",
+    413: ("Body too large (`limits.max_body_bytes`, uploads `limits.max_upload_bytes`), or an "
+          "image declaring more than `limits.max_image_pixels` pixels."),
+    422: ("A field the schema or the model refuses, or an upload that is not a PNG of the "
+          "model's size and channels; `field` names it."),
     500: "The device call failed (logged); the server goes on.",
     429: "Queue full; retry after Retry-After seconds.",
     503: ("Warming up, stopping, the time limit passed, or `limits.max_requests` requests in "
@@ -491,24 +565,260 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
       plan = model.plan(options)
     except RequestError as e:
       return _error(422, e.field, str(e))
-    try:
-      job = batcher.submit(model, plan, seed, body.num_images)
-      result = await batcher.wait(job)
-    except QueueFull as e:
-      return _error(429, None, f"queue: {e}", headers={"Retry-After": str(e.retry_after)})
-    except (NotReady, Timeout) as e:
-      return _error(503, None, f"server: {e}", headers={"Retry-After": str(e.retry_after)})
-    except Exception as e:  # pylint: disable=broad-except
-      # The device call failed; the worker logged it and goes on with the next batch.
-      if "RESOURCE_EXHAUSTED" in str(e):
-        return _error(503, None, "server: out of device memory; retry with fewer images",
-                      headers={"Retry-After": "5"})
-      return _error(500, None, f"server: sampling failed ({type(e).__name__})")
+    result = await _run(batcher, model, plan, seed, body.num_images)
+    if not isinstance(result, Result):
+      return result
     return await _encode(model, plan.info, seed, result, body.format, started)
 
+  image_models = {name: m for name, m in models.items() if m.image_ops}
+  if image_models:
+    _image_endpoints(app, batcher, image_models)
   limits = batcher.limits
-  return InFlightLimit(BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s),
+  return InFlightLimit(BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s,
+                                 upload_bytes=limits.max_upload_bytes, upload_paths=_UPLOADS),
                        limits.max_requests, _busy)
+
+
+async def _run(batcher: Batcher, model: ServedModel, plan, seed: int,
+               num: int) -> Result | fastapi.Response:
+  """Queues a plan and awaits its result; an error response if it does not get one."""
+  try:
+    job = batcher.submit(model, plan, seed, num)
+    return await batcher.wait(job)
+  except QueueFull as e:
+    return _error(429, None, f"queue: {e}", headers={"Retry-After": str(e.retry_after)})
+  except (NotReady, Timeout) as e:
+    return _error(503, None, f"server: {e}", headers={"Retry-After": str(e.retry_after)})
+  except Exception as e:  # pylint: disable=broad-except
+    # The device call failed; the worker logged it and goes on with the next batch.
+    if "RESOURCE_EXHAUSTED" in str(e):
+      return _error(503, None, "server: out of device memory; retry with fewer images",
+                    headers={"Retry-After": "5"})
+    return _error(500, None, f"server: sampling failed ({type(e).__name__})")
+
+
+# ---------------------------------------------------------------------------
+# /inpaint, /denoise, /energy and /examples (energy-based models).
+
+_UPLOADS = ("/inpaint", "/denoise", "/energy")
+_BOX = ("top", "left", "height", "width")
+
+
+def _image_endpoints(app: fastapi.FastAPI, batcher: Batcher,
+                     models: Mapping[str, ServedModel]) -> None:
+  """Adds the image endpoints over `models` (those with `image_ops`) to `app`."""
+  limits = batcher.limits
+  names = tuple(models)
+  max_steps = max(s.steps_max for m in models.values() for s in m.samplers())
+  max_classes = max(m.num_classes for m in models.values())
+  max_step_size = max([limits.max_step_size] + [m.sampling.max_step_size
+                                                for m in models.values()])
+  max_side = max(max(m.image_shape[:2]) for m in models.values())
+  Form, File = fastapi.Form, fastapi.File  # pylint: disable=invalid-name
+  ModelName = Literal[names]  # type: ignore[valid-type]
+
+  def form_fields(*extra: str) -> set[str]:
+    return {"model", "image", "num_images", "seed", "steps", "step_size", "label", "format",
+            *extra}
+
+  async def upload_of(request: fastapi.Request, known: set[str], image: fastapi.UploadFile,
+                      model: ServedModel) -> np.ndarray:
+    """The uploaded image as uint8 [H, W, C] (UploadError naming what is wrong)."""
+    form = await request.form()  # parsed (and cached) by FastAPI already
+    for key in form.keys():
+      if key not in known:  # a typo would otherwise be ignored silently
+        raise UploadError(422, key[:64], f"unknown field (allowed: {', '.join(sorted(known))})")
+    data = await image.read()
+    return uploads.decode_image(data, "image", model.image_shape, limits.max_image_pixels)
+
+  async def restore(op: str, model: ServedModel, options: ImageOptions, fmt: str,
+                    started: float) -> fastapi.Response:
+    try:
+      plan = model.plan_image(options)
+    except RequestError as e:
+      return _error(422, e.field, str(e))
+    result = await _run(batcher, model, plan, options.seed, options.num_images)
+    if not isinstance(result, Result):
+      return result
+    return await _encode_restored(model, op, plan.info, options.seed, result, fmt, started)
+
+  png = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+               "description": ("The restored image (a grid when num_images > 1; format png) or "
+                               "JSON (format json).")}}
+  errors = _error_responses((400, 408, 413, 422, 429, 500, 503))
+
+  @app.post("/inpaint", response_model=ImageResponse, responses={**png, **errors})
+  async def inpaint(
+      request: fastapi.Request,
+      image: fastapi.UploadFile = File(
+          description="A PNG of the model's size and channels (8-bit gray or RGB)."),
+      model: ModelName = Form(names[0], description="An energy-based model from GET /models."),
+      mask: Optional[fastapi.UploadFile] = File(
+          None, description="A grayscale PNG of the image's size: white (>= 128) = fill. "
+                            "Or give a box (top, left, height, width)."),
+      top: Optional[int] = Form(None, ge=0, le=max_side, description="Box to fill: first row."),
+      left: Optional[int] = Form(None, ge=0, le=max_side, description="Box: first column."),
+      height: Optional[int] = Form(None, ge=1, le=max_side, description="Box: rows."),
+      width: Optional[int] = Form(None, ge=1, le=max_side, description="Box: columns."),
+      num_images: int = Form(1, ge=1, le=limits.max_images,
+                             description="Inpaintings of the one image (image i: seed, i)."),
+      seed: Optional[int] = Form(None, ge=0, le=MAX_SEED,
+                                 description="Same seed and inputs, same bytes."),
+      steps: Optional[int] = Form(None, ge=1, le=max_steps,
+                                  description="Langevin steps (GET /models: steps_choices)."),
+      step_size: Optional[float] = Form(None, gt=0.0, le=max_step_size, allow_inf_nan=False,
+                                        description="Langevin step size."),
+      label: Optional[int] = Form(None, ge=0, le=max(max_classes - 1, 0),
+                                  description="Class-conditional EBMs: inpaint under E(x, y)."),
+      format: Literal["png", "json"] = Form("png"),  # pylint: disable=redefined-builtin
+  ):
+    """Fills a box (or the white pixels of a mask) by Langevin dynamics; known pixels kept."""
+    started = time.monotonic()
+    served = models[model]
+    try:
+      x = await upload_of(request, form_fields("mask", *_BOX), image, served)
+      box = {"top": top, "left": left, "height": height, "width": width}
+      given = [k for k, v in box.items() if v is not None]
+      if mask is not None and given:
+        raise UploadError(422, "mask", "give a mask image or a box (top, left, height, width), "
+                                       "not both")
+      if mask is not None:
+        known = uploads.decode_mask(await mask.read(), "mask", served.image_shape[:2],
+                                    limits.max_image_pixels)
+      elif len(given) == 4:
+        known = uploads.box_known(served.image_shape[:2], top, left, height, width)
+      elif given:
+        missing = [k for k in _BOX if box[k] is None]
+        raise UploadError(422, missing[0], f"missing: a box needs top, left, height and width "
+                                           f"(missing {', '.join(missing)})")
+      else:
+        raise UploadError(422, "mask", "what to fill: give a box (top, left, height, width) or "
+                                       "a mask PNG (white = fill)")
+    except UploadError as e:
+      return _error(e.status, e.field, str(e))
+    seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+    options = ImageOptions(op="inpaint", image=x, num_images=num_images, seed=seed, steps=steps,
+                           step_size=step_size, label=label, known=known)
+    return await restore("inpaint", served, options, format, started)
+
+  @app.post("/denoise", response_model=ImageResponse, responses={**png, **errors})
+  async def denoise(
+      request: fastapi.Request,
+      image: fastapi.UploadFile = File(
+          description="A PNG of the model's size and channels (8-bit gray or RGB)."),
+      model: ModelName = Form(names[0], description="An energy-based model from GET /models."),
+      sigma: Optional[float] = Form(
+          None, ge=0.0, le=MAX_SIGMA, allow_inf_nan=False,
+          description="Gaussian noise σ added first (pixels in [-1, 1]); 0 or left out: the "
+                      "image is already noisy."),
+      num_images: int = Form(1, ge=1, le=limits.max_images,
+                             description="Denoisings of the one image (image i: seed, i)."),
+      seed: Optional[int] = Form(None, ge=0, le=MAX_SEED,
+                                 description="Same seed and inputs, same bytes."),
+      steps: Optional[int] = Form(None, ge=1, le=max_steps,
+                                  description="Langevin steps (GET /models: steps_choices)."),
+      step_size: Optional[float] = Form(None, gt=0.0, le=max_step_size, allow_inf_nan=False,
+                                        description="Langevin step size."),
+      label: Optional[int] = Form(None, ge=0, le=max(max_classes - 1, 0),
+                                  description="Class-conditional EBMs: denoise under E(x, y)."),
+      format: Literal["png", "json"] = Form("png"),  # pylint: disable=redefined-builtin
+  ):
+    """A few noise-free Langevin steps down the energy from the (noised) image."""
+    started = time.monotonic()
+    served = models[model]
+    try:
+      x = await upload_of(request, form_fields("sigma"), image, served)
+    except UploadError as e:
+      return _error(e.status, e.field, str(e))
+    seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+    options = ImageOptions(op="denoise", image=x, num_images=num_images, seed=seed, steps=steps,
+                           step_size=step_size, label=label, sigma=sigma)
+    return await restore("denoise", served, options, format, started)
+
+  @app.post("/energy", response_model=EnergyResponse, responses=_error_responses(
+      (400, 408, 413, 422, 429, 500, 503)))
+  async def energy(
+      request: fastapi.Request,
+      image: fastapi.UploadFile = File(
+          description="A PNG of the model's size and channels (8-bit gray or RGB)."),
+      model: ModelName = Form(names[0], description="An energy-based model from GET /models."),
+  ):
+    """E(x), the OOD score (higher = less like the training data); per class for a
+    class-conditional EBM (E(x, y), p(y | x) and the predicted class)."""
+    started = time.monotonic()
+    served = models[model]
+    try:
+      x = await upload_of(request, {"model", "image"}, image, served)
+      plan = served.plan_image(ImageOptions(op="energy", image=x))
+    except UploadError as e:
+      return _error(e.status, e.field, str(e))
+    except RequestError as e:
+      return _error(422, e.field, str(e))
+    result = await _run(batcher, served, plan, 0, 1)
+    if not isinstance(result, Result):
+      return result
+    values = np.asarray(result.images[0], np.float64)
+    body = EnergyResponse(model=served.name, energy=float(values[0]), ood_score=float(values[0]),
+                          classes=list(served.classes), checkpoint_step=served.step,
+                          elapsed_ms=round((time.monotonic() - started) * 1000.0, 1))
+    if served.num_classes:
+      class_energies = values[1:]
+      logits = -class_energies - np.max(-class_energies)
+      p = np.exp(logits) / np.sum(np.exp(logits))
+      body.class_energies = [float(v) for v in class_energies]
+      body.class_probabilities = [float(v) for v in p]
+      body.predicted_class = int(np.argmin(class_energies))
+    return fastapi_responses.JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+
+  @app.get("/examples", response_model=ExamplesResponse,
+           responses=_error_responses((404, 422)))
+  def examples(model: ModelName = fastapi.Query(  # runs in a worker thread: it may read files
+      names[0], description="An energy-based model from GET /models.")):
+    """Up to `limits.max_examples` test images of the model's dataset, if it is on the server."""
+    served = models[model]
+    found = served.examples()
+    if found is None:
+      return _error(404, "model", f"model: no test images of {served.dataset} on this server "
+                                  "(upload or draw an image instead)")
+    images, labels = found
+    return ExamplesResponse(model=served.name, dataset=served.dataset,
+                            image_shape=list(served.image_shape), labels=labels.tolist(),
+                            classes=list(figures.CLASS_NAMES.get(served.dataset, ())),
+                            images=[base64.b64encode(png_bytes(x)).decode("ascii")
+                                    for x in images])
+
+
+async def _encode_restored(model: ServedModel, op: str, info: Mapping[str, Any], seed: int,
+                           result: Result, fmt: str, started: float) -> fastapi.Response:
+  """The response of an /inpaint or /denoise job: results [n, 2, H, W, C] (start, end)."""
+  import anyio  # pylint: disable=import-outside-toplevel
+
+  def encode():
+    u8 = figures.to_uint8(result.images)
+    starts, ends = u8[:, 0], u8[:, 1]
+    grid = grid_png(ends)
+    picture = png_bytes(ends[0]) if len(ends) == 1 else grid
+    if fmt != "json":
+      return picture, grid, None, None
+    return picture, grid, [png_bytes(x) for x in ends], [png_bytes(x) for x in starts]
+
+  picture, grid, images, inputs = await anyio.to_thread.run_sync(encode)
+  elapsed_ms = round((time.monotonic() - started) * 1000.0, 1)
+  n = len(result.images)
+  if fmt == "json":
+    def b64(data: bytes) -> str:
+      return base64.b64encode(data).decode("ascii")
+    body = ImageResponse(
+        model=model.name, op=op, seed=seed, num_images=n, image_shape=list(model.image_shape),
+        steps=info["steps"], step_size=info["step_size"], sigma=info.get("sigma"),
+        labels=info.get("labels"), checkpoint_step=model.step, batch_images=result.batch_images,
+        elapsed_ms=elapsed_ms, images=[b64(p) for p in images], inputs=[b64(p) for p in inputs],
+        grid=b64(grid))
+    return fastapi_responses.JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+  headers = {"X-Model": model.name, "X-Op": op, "X-Seed": str(seed), "X-Steps": str(info["steps"]),
+             "X-Num-Images": str(n), "X-Batch-Images": str(result.batch_images),
+             "X-Elapsed-Ms": str(elapsed_ms), "Cache-Control": "no-store"}
+  return fastapi.Response(picture, media_type="image/png", headers=headers)
 
 
 async def _busy(scope, receive, send):

@@ -33,8 +33,10 @@ as one vmap of 16 (c = 16), 397 ms at c = 1. A GPU wants c = the largest
 bucket, every call padded to it.
 
 Compile count: per model, one program per (static part, bucket); static parts
-are (DDPM) sampler x steps x guidance on/off, (EBM) Langevin steps,
-(denoiser) one. A request's steps must be the sampler's default or one of
+are (DDPM) sampler x steps x guidance on/off, (EBM) operation (generate,
+inpaint, denoise; energy has one) x Langevin steps x, for a class-conditional
+EBM, labelled or marginal, (denoiser) one. The image of /inpaint and
+/denoise, its mask and σ are per-image inputs too. A request's steps must be the sampler's default or one of
 `limits.step_choices` (`STEP_CHOICES`, 28 values) within the sampler's range,
 so a client can cause at most (len(step_choices) + 1) programs per sampler,
 guidance setting and bucket, whatever it sends. No float of a request
@@ -52,13 +54,15 @@ import threading
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
 
 from ddpm import samplers as ddpm_samplers
-from ebm import cd as ebm_cd
+from ebm import buffer as ebm_buffer
+from ebm import ood as ebm_ood
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import figures
@@ -108,6 +112,9 @@ class Limits:
   keep_alive_s: float = 5.0
   body_timeout_s: float = 30.0
   max_header_bytes: int = 16384
+  max_upload_bytes: int = 262144
+  max_image_pixels: int = 1048576
+  max_examples: int = 16
 
   def __post_init__(self):
     if not self.chunk:  # 0: the smallest bucket
@@ -165,7 +172,8 @@ class Limits:
     values["step_choices"] = choices
     for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
                     ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
-                    ("max_header_bytes", 1024)):
+                    ("max_header_bytes", 1024), ("max_upload_bytes", 1024),
+                    ("max_image_pixels", 1), ("max_examples", 0)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ConfigError(f"limits.{key}", v, allowed=f"an integer >= {lo}")
@@ -196,6 +204,35 @@ class Options:
   label: int | None = None
   guidance: float | None = None
   step_size: float | None = None
+
+
+IMAGE_OPS = ("inpaint", "denoise", "energy")
+MAX_SIGMA = 2.0
+"""The largest noise σ /denoise adds (pixels are in [-1, 1]: σ = 2 drowns any image)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageOptions:
+  """An image request (/inpaint, /denoise, /energy); None = the model's default.
+
+  Attributes:
+    op: one of IMAGE_OPS.
+    image: the uploaded image, uint8 [H, W, C] of the model's shape.
+    known: inpaint only: bool [H, W, 1], True = a pixel kept exactly.
+    sigma: denoise only: σ of the Gaussian noise added before denoising
+      (0: the image is already noisy).
+    The others as in `Options`; num_images restorations of one image, image
+    i drawn with fold_in(key(seed), i) as a generated one.
+  """
+  op: str
+  image: np.ndarray
+  num_images: int = 1
+  seed: int = 0
+  steps: int | None = None
+  step_size: float | None = None
+  label: int | None = None
+  known: np.ndarray | None = None
+  sigma: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +319,7 @@ class _Sampling(abc.ABC):
   guidance: float = 1.0
   max_guidance: float = 0.0
   max_step_size: float = 0.0
+  image_ops: tuple[str, ...] = ()
 
   @abc.abstractmethod
   def samplers(self) -> list[SamplerInfo]:
@@ -291,9 +329,22 @@ class _Sampling(abc.ABC):
   def plan(self, options: Options) -> Plan:
     """The plan of a request; RequestError naming the field it cannot serve."""
 
+  def plan_image(self, options: ImageOptions) -> Plan:
+    """The plan of an image request (models with `image_ops` only)."""
+    raise RequestError("model", f"/{options.op} needs an energy-based model; this one takes "
+                                "no images")
+
+  def image_options(self) -> dict[str, Any]:
+    """The defaults and ranges of the image operations (for GET /models)."""
+    return {}
+
   @abc.abstractmethod
-  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
-    """Per-image inputs of a bucket (their shapes and dtypes)."""
+  def extras_like(self, static: tuple, bucket: int) -> dict[str, np.ndarray]:
+    """Per-image inputs of a bucket of the program `static` (their shapes and dtypes)."""
+
+  def output_shape(self, static: tuple) -> tuple[int, ...]:
+    """What the program `static` returns per image: an image [H, W, C] unless said otherwise."""
+    return tuple(self.task.image_shape)
 
   @abc.abstractmethod
   def warm_statics(self, which: str) -> list[tuple]:
@@ -302,6 +353,11 @@ class _Sampling(abc.ABC):
   @abc.abstractmethod
   def sample_one(self, static: tuple) -> Callable:
     """(params, key, extras of one image) -> one image [H, W, C]."""
+
+  def warm_buckets(self, static: tuple, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    """The buckets the warm-up compiles `static` in."""
+    del static
+    return buckets
 
 
 class _DDPMSampling(_Sampling):
@@ -365,7 +421,8 @@ class _DDPMSampling(_Sampling):
                              _step_choices(self.limits, lo, hi, default)))
     return out
 
-  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+  def extras_like(self, static: tuple, bucket: int) -> dict[str, np.ndarray]:
+    del static
     return {"label": np.zeros((bucket,), np.int32), "guidance": np.ones((bucket,), np.float32),
             "eta": np.zeros((bucket,), np.float32)}
 
@@ -448,28 +505,90 @@ class _DDPMSampling(_Sampling):
 
 
 class _EBMSampling(_Sampling):
-  """EBM: a Langevin chain from uniform noise (steps and step size per request).
+  """EBM: Langevin chains on the energy, from noise (/generate) or from an image.
 
-  The step size is a per-image input of the program (any float in range
-  reuses it); the number of steps selects the program (one of
-  `limits.step_choices` up to `limits.max_langevin_steps`, or the default).
+  Every operation is the task's (`launch.tasks.ebm.EBMTask`): /generate runs
+  `task.sample` from uniform noise; /inpaint `task.inpaint` (the known
+  pixels clamped, the others from uniform noise); /denoise `task.denoise`
+  (noise-free steps from the image, after adding N(0, σ²) when σ > 0);
+  /energy `task.energy` (E(x); the marginal of a class-conditional EBM) and
+  `task.class_logits` (E(x, y) = -f(x)[y] for every y). The step size, σ,
+  the label, the image and its mask are per-image inputs of the program
+  (any value in range reuses it); what selects it is the operation, the
+  number of steps (one of `limits.step_choices` up to
+  `limits.max_langevin_steps`, or the default) and whether the chain runs
+  on E(x, y) (labelled) or on E(x).
+
+  Labels, as the task's: /generate from a class-conditional EBM samples
+  `label`, or without one config.sample.label (-1: the classes in turn,
+  image i of class i mod K); /inpaint and /denoise run on E(x, label), or
+  without one on the marginal E(x).
   """
 
+  image_ops = IMAGE_OPS
+
   def __init__(self, task, config, limits: Limits):
+    del config  # the task was built from it and validated it
     self.task = task
     chain = task.sample_langevin
-    default_steps = int(config.sample.steps) or int(chain.num_steps)
+    default_steps = int(chain.num_steps)
     self.max_steps = max(limits.max_langevin_steps, default_steps)
     self.steps = default_steps
     self.step_size = float(chain.step_size)
     self.max_step_size = max(limits.max_step_size, self.step_size)
     self.default_sampler = "langevin"
     self.step_choices = _step_choices(limits, 1, self.max_steps, self.steps)
+    self.num_classes = int(task.num_classes)
+    # The protocol of --mode evaluate / figures gives the defaults of the image operations.
+    restoration = task.restoration
+    self.op_steps = {"inpaint": min(restoration.inpaint_steps or self.steps, self.max_steps),
+                     "denoise": min(restoration.denoise_steps or 1, self.max_steps)}
+    self.op_choices = {op: _step_choices(limits, 1, self.max_steps, steps)
+                       for op, steps in self.op_steps.items()}
 
   def samplers(self) -> list[SamplerInfo]:
     return [SamplerInfo("langevin", 1, self.max_steps, self.steps,
                         {"step_size": {"min": 0.0, "max": self.max_step_size,
                                        "default": self.step_size}}, self.step_choices)]
+
+  def image_options(self) -> dict[str, Any]:
+    """The defaults and ranges of the image operations, for GET /models."""
+    ops = {op: {"steps_default": steps, "steps_choices": list(self.op_choices[op]),
+                "step_size_default": self.step_size, "step_size_max": self.max_step_size}
+           for op, steps in self.op_steps.items()}
+    return {**ops, "sigma_max": MAX_SIGMA,
+            "sigma_default": float(self.task.restoration.denoise_sigma)}
+
+  def _labels(self, label: int | None, n: int, marginal: bool) -> tuple[np.ndarray, Any]:
+    """([n] int32 labels, echo) of a request; echo None = the chain runs on E(x).
+
+    `marginal`: a missing label means E(x) (image operations), not the
+    task's default labels (generation).
+    """
+    if label is None and (marginal or not self.num_classes):
+      return np.zeros((n,), np.int32), None
+    try:
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):  # host arithmetic only
+        labels = (self.task.sample_labels(n) if label is None
+                  else self.task.sample_labels(n, int(label)))
+    except ValueError as e:
+      raise RequestError("label", "the model is unconditional: leave label out (or null)"
+                         if not self.num_classes else str(e)) from None
+    if labels is None:
+      return np.zeros((n,), np.int32), None
+    labels = np.asarray(labels, np.int32)
+    return labels, labels.tolist()
+
+  def _steps(self, steps: int | None, default: int, choices: tuple[int, ...], what: str) -> int:
+    steps = default if steps is None else steps
+    if not 1 <= steps <= self.max_steps:
+      raise RequestError("steps", f"must be in [1, {self.max_steps}], got {steps}")
+    _check_steps(steps, choices, what)
+    return steps
+
+  def _step_size(self, step_size: float | None) -> float:
+    return self.step_size if step_size is None else _in_range(
+        "step_size", step_size, 0.0, self.max_step_size, lo_open=True)
 
   def plan(self, o: Options) -> Plan:
     sampler = "langevin" if o.sampler is None else o.sampler
@@ -477,38 +596,108 @@ class _EBMSampling(_Sampling):
       raise RequestError("sampler", f"{sampler!r} is not a sampler of this model "
                                     "(allowed: langevin)")
     _reject(o, ("eta",), "only DDPM models (sampler 'ddim') take eta")
-    _reject(o, ("label", "guidance"), "the model is unconditional")
-    steps = self.steps if o.steps is None else o.steps
-    if not 1 <= steps <= self.max_steps:
-      raise RequestError("steps", f"must be in [1, {self.max_steps}], got {steps}")
-    _check_steps(steps, self.step_choices, "langevin")
-    step_size = self.step_size if o.step_size is None else _in_range(
-        "step_size", o.step_size, 0.0, self.max_step_size, lo_open=True)
+    _reject(o, ("guidance",), "energy-based models take no guidance")
+    steps = self._steps(o.steps, self.steps, self.step_choices, "langevin")
+    step_size = self._step_size(o.step_size)
     n = o.num_images
-    return Plan(static=("langevin", steps),
-                extras={"step_size": np.full((n,), step_size, np.float32)},
+    labels, echo = self._labels(o.label, n, marginal=False)
+    return Plan(static=("langevin", steps, echo is not None),
+                extras={"step_size": np.full((n,), step_size, np.float32), "label": labels},
                 info={"sampler": "langevin", "steps": steps, "step_size": step_size,
-                      "labels": None})
+                      "labels": echo})
 
-  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
-    return {"step_size": np.full((bucket,), self.step_size, np.float32)}
+  def plan_image(self, o: ImageOptions) -> Plan:
+    n = o.num_images
+    x = np.broadcast_to(figures.from_uint8(o.image), (n,) + o.image.shape)
+    if o.op == "energy":  # the image alone: E(x), and E(x, y) for every class y
+      return Plan(static=("energy",), extras={"x": x},
+                  info={"op": "energy", "num_classes": self.num_classes})
+    steps = self._steps(o.steps, self.op_steps[o.op], self.op_choices[o.op], o.op)
+    step_size = self._step_size(o.step_size)
+    labels, echo = self._labels(o.label, n, marginal=True)
+    extras = {"x": x, "step_size": np.full((n,), step_size, np.float32), "label": labels}
+    info = {"op": o.op, "steps": steps, "step_size": step_size, "labels": echo}
+    if o.op == "inpaint":
+      extras["known"] = np.broadcast_to(o.known, (n,) + o.known.shape)
+    else:
+      sigma = 0.0 if o.sigma is None else _in_range("sigma", o.sigma, 0.0, MAX_SIGMA)
+      extras["sigma"] = np.full((n,), sigma, np.float32)
+      info["sigma"] = sigma
+    return Plan(static=(o.op, steps, echo is not None), extras=extras, info=info)
+
+  def extras_like(self, static: tuple, bucket: int) -> dict[str, np.ndarray]:
+    shape = (bucket,) + tuple(self.task.image_shape)
+    per_image = {"step_size": np.full((bucket,), self.step_size, np.float32),
+                 "label": np.zeros((bucket,), np.int32)}
+    if static[0] == "energy":
+      return {"x": np.zeros(shape, np.float32)}
+    if static[0] == "inpaint":
+      return {"x": np.zeros(shape, np.float32), "known": np.ones(shape[:-1] + (1,), bool),
+              **per_image}
+    if static[0] == "denoise":
+      return {"x": np.zeros(shape, np.float32), "sigma": np.zeros((bucket,), np.float32),
+              **per_image}
+    return per_image
+
+  def output_shape(self, static: tuple) -> tuple[int, ...]:
+    image_shape = tuple(self.task.image_shape)
+    if static[0] == "energy":
+      return (1 + self.num_classes,)  # E(x), then E(x, y) for y = 0..K-1
+    if static[0] in ("inpaint", "denoise"):
+      return (2,) + image_shape  # the chain's start (the corrupted input), its end
+    return image_shape
 
   def warm_statics(self, which: str) -> list[tuple]:
-    del which
-    return [("langevin", self.steps)]
+    default = ("langevin", self.steps, self.num_classes > 0)
+    if which != "all":
+      return [default]
+    return [default, ("energy",)] + [(op, steps, False) for op, steps in self.op_steps.items()]
+
+  def warm_buckets(self, static: tuple, buckets: tuple[int, ...]) -> tuple[int, ...]:
+    # An image request is usually one image: its programs are warmed in the smallest bucket.
+    return buckets[:1] if static[0] in IMAGE_OPS else buckets
 
   def sample_one(self, static: tuple) -> Callable:
-    _, steps = static
-    task = self.task
+    op, task = static[0], self.task
+    if op == "energy":
+      def energy(params, key, ex):
+        del key
+        x = ex["x"][None]
+        e = task.energy(params, x)
+        if not self.num_classes:
+          return e
+        return jnp.concatenate([e, -task.class_logits(params, x)[0]])
+      return energy
+    _, steps, labelled = static
 
-    def one(params, key, ex):
-      # `task.sample` takes the chain as static settings (a new step size would
-      # compile a new program): the same `cd.sample` with a traced step size.
-      chain = dataclasses.replace(task.sample_langevin, num_steps=steps,
-                                  step_size=ex["step_size"])
-      return ebm_cd.sample(params, key, 1, network=task.network,
-                           image_shape=tuple(task.image_shape), langevin_settings=chain)[0]
-    return one
+    def label_of(ex):
+      return ex["label"][None] if labelled else None
+
+    if op == "langevin":
+      def one(params, key, ex):
+        # The step size is an input of the task's program (a new one compiles nothing).
+        return task.sample(params, key, 1, steps=steps, step_size=ex["step_size"],
+                           labels=label_of(ex))[0]
+      return one
+    if op == "inpaint":
+      def inpaint(params, key, ex):
+        x, known = ex["x"][None], ex["known"][None]
+        # The chain's start, as `ebm.ood.inpaint` draws it from this key (returned to show
+        # the corrupted input): uniform noise in the unknown pixels.
+        noise = ebm_buffer.uniform_images(jax.random.split(key)[0], 1, x.shape[1:])
+        start = jnp.where(known, x, noise)
+        out = task.inpaint(params, x, known, key, steps=steps, step_size=ex["step_size"],
+                           label=label_of(ex))
+        return jnp.concatenate([start, out])
+      return inpaint
+
+    def denoise(params, key, ex):
+      k_noise, k_chain = jax.random.split(key)
+      noisy = ebm_ood.gaussian_noised_set(k_noise, ex["x"][None], ex["sigma"])
+      out = task.denoise(params, noisy, k_chain, steps=steps, step_size=ex["step_size"],
+                         label=label_of(ex))
+      return jnp.concatenate([noisy, out])
+    return denoise
 
 
 class _DenoiserSampling(_Sampling):
@@ -536,7 +725,8 @@ class _DenoiserSampling(_Sampling):
     return Plan(static=("one_step",), extras={"label": labels},
                 info={"sampler": "one_step", "steps": 1, "labels": echo})
 
-  def extras_like(self, bucket: int) -> dict[str, np.ndarray]:
+  def extras_like(self, static: tuple, bucket: int) -> dict[str, np.ndarray]:
+    del static
     return {"label": np.zeros((bucket,), np.int32)}
 
   def warm_statics(self, which: str) -> list[tuple]:
@@ -615,6 +805,9 @@ class ServedModel:
     self._pinned: set = set()
     self._lock = threading.Lock()
     self.compiles = 0
+    self.data_config = config.data
+    self._examples = None
+    self._examples_lock = threading.Lock()
 
   @property
   def default_sampler(self) -> str:
@@ -631,9 +824,55 @@ class ServedModel:
     """The plan of a request (RequestError naming the field it cannot serve)."""
     return self.sampling.plan(options)
 
-  def _example_inputs(self, bucket: int):
+  @property
+  def image_ops(self) -> tuple[str, ...]:
+    """The image operations (/inpaint, /denoise, /energy) the model serves."""
+    return self.sampling.image_ops
+
+  def plan_image(self, options: ImageOptions) -> Plan:
+    """The plan of an image request (RequestError naming the field it cannot serve)."""
+    if options.op not in self.image_ops:
+      return _Sampling.plan_image(self.sampling, options)
+    if tuple(options.image.shape) != self.image_shape:  # the app checks the upload first
+      raise RequestError("image", f"shape {tuple(options.image.shape)}, expected "
+                                  f"{self.image_shape}")
+    return self.sampling.plan_image(options)
+
+  def output_shape(self, static: tuple) -> tuple[int, ...]:
+    """The per-image output of the program `static` (an image, or energies)."""
+    return self.sampling.output_shape(static)
+
+  def examples(self) -> tuple[np.ndarray, np.ndarray] | None:
+    """Up to `limits.max_examples` test images, uint8 [N, H, W, C], and labels [N].
+
+    Read once from the run's dataset (config.data, test split), if it is on
+    this machine; None when it is not (the page then offers upload and
+    drawing only).
+    """
+    with self._examples_lock:
+      if self._examples is None:
+        self._examples = self._read_examples()
+      return self._examples or None
+
+  def _read_examples(self):
+    from launch import data as data_lib  # pylint: disable=import-outside-toplevel
+    if not self.limits.max_examples:
+      return ()
+    try:
+      images, labels = data_lib.load_arrays(self.data_config, "test")
+    except (data_lib.DatasetNotFoundError, data_lib.DatasetCorruptError, ValueError,
+            OSError) as e:
+      logging.info("serve: %s: no test images to offer (%s)", self.name, type(e).__name__)
+      return ()
+    n = min(self.limits.max_examples, len(images))
+    x = figures.to_uint8(data_lib.preprocess(images[:n], self.data_config))
+    if tuple(x.shape[1:]) != self.image_shape:
+      return ()
+    return x, np.asarray(labels[:n], np.int32)
+
+  def _example_inputs(self, static: tuple, bucket: int):
     return (self.params, np.zeros((bucket,), np.uint32), np.zeros((bucket,), np.int32),
-            self.sampling.extras_like(bucket))
+            self.sampling.extras_like(static, bucket))
 
   def program(self, static: tuple, bucket: int, pin: bool = False):
     """The compiled program of (static, bucket), compiling it if needed."""
@@ -646,7 +885,7 @@ class ServedModel:
           self._pinned.add(key)
         return compiled
     fn = jax.jit(_chunked(self.sampling.sample_one(static), self.limits.chunk))
-    compiled = fn.lower(*self._example_inputs(bucket)).compile()
+    compiled = fn.lower(*self._example_inputs(static, bucket)).compile()
     with self._lock:
       self.compiles += 1
       self._programs[key] = compiled
@@ -664,7 +903,7 @@ class ServedModel:
 
   def run(self, static: tuple, bucket: int, seeds: np.ndarray, index: np.ndarray,
           extras: Mapping[str, np.ndarray]) -> np.ndarray:
-    """float32 images [bucket, H, W, C] in [-1, 1] on the host."""
+    """float32 [bucket, *output_shape(static)]: images in [-1, 1] (or energies) on the host."""
     out = self.program(static, bucket)(self.params, seeds, index, dict(extras))
     return np.asarray(jax.device_get(out))
 
@@ -674,9 +913,9 @@ class ServedModel:
       return 0
     count = 0
     for static in self.sampling.warm_statics(which):
-      for bucket in buckets:
+      for bucket in self.sampling.warm_buckets(static, buckets):
         compiled = self.program(static, bucket, pin=True)
-        jax.block_until_ready(compiled(*self._example_inputs(bucket)))
+        jax.block_until_ready(compiled(*self._example_inputs(static, bucket)))
         count += 1
     return count
 
@@ -695,6 +934,8 @@ class ServedModel:
         "samplers": [dataclasses.asdict(s) for s in self.samplers()],
         "checkpoint_step": self.step,
         "use_ema": self.use_ema,
+        "image_ops": list(self.image_ops),
+        "image_options": self.sampling.image_options(),
     }
 
 

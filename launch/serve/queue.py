@@ -62,7 +62,8 @@ class Result:
   """The images of one job and how they were made.
 
   Attributes:
-    images: float32 [num, H, W, C] in [-1, 1].
+    images: float32 [num, H, W, C] in [-1, 1] (or the program's other output per image:
+      `ServedModel.output_shape`).
     batch_images: images in the device call (this job's and others', before padding).
     bucket: the padded size of the device call.
     batch_requests: jobs in the device call.
@@ -330,14 +331,14 @@ class Batcher:
 
     Returns:
       (bucket, offsets: each job's first place, seeds [bucket], index
-      [bucket], extras: name -> [bucket]).
+      [bucket], extras: name -> [bucket, ...] (a number or an image per place)).
     """
     slots = [self.limits.slots(job.num) for job in batch]
     bucket = self.limits.bucket(sum(slots))
     offsets = np.cumsum([0] + slots)[:-1].tolist()
     seeds = np.zeros((bucket,), np.uint32)
     index = np.zeros((bucket,), np.int32)
-    extras = {name: np.zeros((bucket,), value.dtype)
+    extras = {name: np.zeros((bucket,) + value.shape[1:], value.dtype)
               for name, value in batch[0].plan.extras.items()}
     for job, offset in zip(batch, offsets):
       seeds[offset:offset + job.num] = job.seed
