@@ -89,6 +89,18 @@ def get_base() -> ml_collections.ConfigDict:
   c.ebm.conditional_sampling = False   # JEM (model.num_classes > 0): chains on E(x, y) with a
                                        # per-class replay buffer, else on the marginal E(x)
   c.ebm.ce_weight = 0.0                # JEM: weight of the cross-entropy -log p(y | x) (0 = off)
+  # IGEBM / Improved CD options against mode collapse (ebm/cd.py), all off by default:
+  c.ebm.num_chains = 0                 # negative chains per step; 0 = train.batch_size
+  c.ebm.anneal = "constant"            # Langevin step size and noise over a chain: constant | linear | geometric
+  c.ebm.step_size_final_factor = 1.0   # last step's step_size / step_size (annealed chains)
+  c.ebm.noise_final_factor = 1.0       # last step's noise_scale / noise_scale (annealed chains)
+  c.ebm.augment_shift = 0              # ICD augmentation of buffer states: random shift by <= N px
+  c.ebm.augment_flip = False           # ... random horizontal flip
+  c.ebm.augment_noise = 0.0            # ... Gaussian pixel noise of this std
+  c.ebm.kl_weight = 0.0                # ICD's KL term through the last Langevin step (ICD: 1.0)
+  c.ebm.entropy_weight = 0.0           # ICD's nearest-neighbour entropy term (ICD: 0.3)
+  c.ebm.entropy_reference = 100        # buffer states the entropy term compares with (ICD: 100)
+  c.ebm.kl_chains = 0                  # chains in the KL/entropy terms; 0 = all (ICD MNIST: 32)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"                # adam | adamw

@@ -264,6 +264,10 @@ class CNNEnergy(nn.Module):
     num_classes: K > 0 makes the last layer K-wide and the output the K
       per-class energies E(x, y) = -f(x)[y] [B, K] (JEM; see `energy_fn_of`);
       0 = one scalar energy [B] (the tutorial's network, same parameters).
+    spectral_norm: spectral normalisation of every conv and dense kernel
+      (IGEBM, Du & Mordatch 2019, §3.3: it bounds the Lipschitz constant of
+      E, keeping the Langevin gradients smooth). Same parameter tree either
+      way; False is the tutorial's network.
     dtype: compute dtype (parameters stay float32; energies are float32).
   """
   c_hid: int = 32
@@ -271,6 +275,7 @@ class CNNEnergy(nn.Module):
   custom_grad: bool = True
   matmul_positions: int = 16
   num_classes: int = 0
+  spectral_norm: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -297,10 +302,15 @@ class CNNEnergy(nn.Module):
       out_side = (h.shape[1] + 2 * p - k) // 2 + 1
       impl = "matmul" if out_side * out_side <= self.matmul_positions else "conv"
       h = act(Conv(feats, (k, k), (2, 2), ((p, p), (p, p)), custom_grad=self.custom_grad,
-                   impl=impl, dtype=self.dtype, name=f"Conv_{i}")(h))
+                   impl=impl, spectral_norm=self.spectral_norm, dtype=self.dtype,
+                   name=f"Conv_{i}")(h))
     h = h.reshape(h.shape[0], -1)
-    h = act(nn.Dense(4 * c, dtype=self.dtype)(h))
-    f = nn.Dense(max(self.num_classes, 1), dtype=self.dtype)(h)
+    if self.spectral_norm:   # same names and initialisers as nn.Dense: same parameters
+      dense = lambda n, name: SNDense(n, spectral_norm=True, dtype=self.dtype, name=name)
+    else:
+      dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name)
+    h = act(dense(4 * c, "Dense_0")(h))
+    f = dense(max(self.num_classes, 1), "Dense_1")(h)
     f = f if self.num_classes else f[:, 0]
     return -f.astype(jnp.float32)
 

@@ -49,6 +49,7 @@ import optax
 from core.train_state import TrainState
 from ebm import buffer as replay
 from ebm import cd
+from ebm import langevin
 from ebm import ood
 from ebm.networks import (ACTIVATIONS, NETWORKS, class_energies_fn_of, class_logits,
                           energy_fn_of, make_network)
@@ -62,7 +63,8 @@ _FROM_CONFIG = object()   # `sample(label=...)` not given: config.sample.label
 
 
 def _cnn_fields(model) -> dict[str, Any]:
-  return {"c_hid": check_int("model.ch", model.ch, 2)}
+  return {"c_hid": check_int("model.ch", model.ch, 2),
+          "spectral_norm": check_bool("model.spectral_norm", model.spectral_norm)}
 
 
 def _resnet_fields(model) -> dict[str, Any]:
@@ -116,7 +118,54 @@ def _langevin(ebm_cfg, num_steps: int) -> cd.LangevinSettings:
       noise_scale=float(check_number("ebm.noise_scale", ebm_cfg.noise_scale, lo=0)),
       grad_clip=float(grad_clip) if grad_clip > 0 else None,
       noise_first=check_bool("ebm.noise_first", ebm_cfg.noise_first),
+      **_anneal_fields(ebm_cfg),
   )
+
+
+# --- IGEBM / Improved CD options (ebm.anneal ... ebm.kl_chains), all off by default. ---
+
+def _anneal_fields(e) -> dict[str, Any]:
+  """LangevinSettings fields of ebm.anneal, ebm.step_size_final_factor, ebm.noise_final_factor."""
+  anneal = check_choice("ebm.anneal", e.anneal, langevin.ANNEALING)
+  step_factor = float(check_number("ebm.step_size_final_factor", e.step_size_final_factor,
+                                   lo=0, lo_open=True))
+  noise_factor = float(check_number("ebm.noise_final_factor", e.noise_final_factor,
+                                    lo=0, lo_open=anneal == "geometric"))
+  if anneal == "constant":
+    for key, value in (("ebm.step_size_final_factor", step_factor),
+                       ("ebm.noise_final_factor", noise_factor)):
+      if value != 1.0:
+        raise ConfigError(key, value, reason="has no effect with ebm.anneal='constant' "
+                          "(set ebm.anneal to 'linear' or 'geometric')")
+  return {"anneal": anneal, "step_size_final_factor": step_factor,
+          "noise_final_factor": noise_factor}
+
+
+def _improved_cd_fields(e, batch_size: int, buffer_size: int) -> dict[str, Any]:
+  """CDSettings fields of ebm.num_chains, ebm.augment_*, ebm.kl_weight, ebm.entropy_*,
+  ebm.kl_chains (see `ebm.cd`)."""
+  num_chains = check_int("ebm.num_chains", e.num_chains, 0)
+  if (num_chains or batch_size) > buffer_size:
+    raise ConfigError("ebm.num_chains", num_chains,
+                      allowed=f"0 or an integer <= ebm.buffer_size ({buffer_size})",
+                      reason="each step draws that many distinct buffer slots")
+  kl_weight = float(check_number("ebm.kl_weight", e.kl_weight, lo=0))
+  entropy_weight = float(check_number("ebm.entropy_weight", e.entropy_weight, lo=0))
+  entropy_reference = check_int("ebm.entropy_reference", e.entropy_reference, 2)
+  if entropy_weight and entropy_reference > buffer_size:
+    raise ConfigError("ebm.entropy_reference", entropy_reference,
+                      allowed=f"an integer in [2, ebm.buffer_size ({buffer_size})]")
+  return {
+      "num_chains": num_chains,
+      "augmentation": replay.Augmentation(
+          max_shift=check_int("ebm.augment_shift", e.augment_shift, 0, 8),
+          flip=check_bool("ebm.augment_flip", e.augment_flip),
+          noise_std=float(check_number("ebm.augment_noise", e.augment_noise, lo=0, hi=1))),
+      "kl_weight": kl_weight,
+      "entropy_weight": entropy_weight,
+      "entropy_reference": entropy_reference,
+      "kl_chains": check_int("ebm.kl_chains", e.kl_chains, 0),
+  }
 
 
 def _override(chain: cd.LangevinSettings, steps: int | None = None,
@@ -399,8 +448,12 @@ class EBMTask:
     """The sampler fields of an evaluation record of `sample(**options)`."""
     chain = _override(self.sample_langevin, options.get("steps"), options.get("step_size"),
                       options.get("noise_scale"))
-    return {"sampler": "langevin", "steps": int(chain.num_steps),
-            "step_size": float(chain.step_size), "noise_scale": float(chain.noise_scale)}
+    record = {"sampler": "langevin", "steps": int(chain.num_steps),
+              "step_size": float(chain.step_size), "noise_scale": float(chain.noise_scale)}
+    if chain.anneal != "constant":
+      record.update(anneal=chain.anneal, step_size_final_factor=chain.step_size_final_factor,
+                    noise_final_factor=chain.noise_final_factor)
+    return record
 
   def sample_params(self, state: TrainState) -> Any:
     """EMA parameters if sample.use_ema, else the current ones (as the tutorial)."""
@@ -548,7 +601,8 @@ def build(config) -> EBMTask:
       ema_decay=float(check_number("optim.ema_decay", config.optim.ema_decay, lo=0, hi=1)),
       ema_warmup=check_bool("optim.ema_warmup", config.optim.ema_warmup),
       conditional_sampling=conditional_sampling,
-      ce_weight=ce_weight)
+      ce_weight=ce_weight,
+      **_improved_cd_fields(e, batch_size, buffer_size))
   tx = common_lib.optimizer(config)
   sample_steps = check_int("sample.steps", config.sample.steps, 0) or sample_steps
   use_ema = check_bool("sample.use_ema", config.sample.use_ema)
