@@ -113,7 +113,9 @@ class LangevinSettings:
                                      self.num_steps, self.anneal)[-1]
     if self.anneal == "constant":   # the chain's own Python floats
       alpha, sigma = self.step_size, self.noise_scale
-    x_next, _ = langevin.langevin_update(energy_fn, x, z, float(alpha), float(sigma),
+    if not isinstance(alpha, jax.Array):
+      alpha, sigma = float(alpha), float(sigma)
+    x_next, _ = langevin.langevin_update(energy_fn, x, z, alpha, sigma,
                                          self.grad_clip, self.x_range,
                                          noise_first=self.noise_first)
     return x_next

@@ -92,7 +92,7 @@ def annealed_values(start: float, final_factor: float, num_steps: int,
     schedule: one of `ANNEALING`.
 
   Returns:
-    np.float64 array [K].
+    np.float64 array [K] (a jax array of start's dtype when start is one).
   """
   if schedule not in ANNEALING:
     raise ValueError(f"anneal must be one of {ANNEALING}, got {schedule!r}")
@@ -104,10 +104,14 @@ def annealed_values(start: float, final_factor: float, num_steps: int,
                      f"schedule (use anneal='linear' or 'geometric', or 1.0)")
   t = np.arange(num_steps, dtype=np.float64) / max(num_steps - 1, 1)
   if schedule == "linear":
-    return start * (1.0 + (final_factor - 1.0) * t)
-  if schedule == "geometric":
-    return start * np.power(float(final_factor), t)
-  return np.full((num_steps,), float(start))
+    rel = 1.0 + (final_factor - 1.0) * t
+  elif schedule == "geometric":
+    rel = np.power(float(final_factor), t)
+  else:
+    rel = np.ones((num_steps,))
+  if isinstance(start, jax.Array):   # a traced step size (a program input, e.g. the server's)
+    return start * jnp.asarray(rel, start.dtype)
+  return float(start) * rel
 
 
 def _standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
