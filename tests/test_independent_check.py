@@ -6,6 +6,7 @@ the launch path; it also stands in for the project's classifier, so one
 smoke training serves both roles. The generative workdir holds its initial
 state (the metrics do not need a trained model).
 """
+import json
 import pathlib
 
 import jax
@@ -229,3 +230,25 @@ def test_conditional_evaluation_records_the_independent_check(tmp_path_factory, 
   assert not any("independent" in r["metric"] or r["metric"] == "nn_train_distance"
                  for r in records)
   assert "independent check is skipped" in capsys.readouterr().out
+
+
+def test_npz_samples_get_the_independent_check(tmp_path, independent):
+  config, workdir, _ = independent
+  images, labels = data_lib.load_arrays(config.data, "test")
+  path = tmp_path / "samples.npz"
+  np.savez(path, images=images.transpose(0, 3, 1, 2), labels=labels)   # as PyTorch saves them
+  out = tmp_path / "eval.json"
+  assert evaluate.main(["--npz", str(path), "--classifier_workdir", str(workdir),
+                        "--independent_workdir", str(workdir), "--out", str(out),
+                        "--min_classifier_accuracy=0", "--min_independent_accuracy=0"]) == 0
+  records = {r["metric"]: r for r in json.loads(out.read_text())}
+  assert set(records) == {"fd_fmnist", "class_histogram", "class_accuracy", "fd_independent",
+                          "entropy_independent", "class_accuracy_independent",
+                          "nn_train_distance"}
+  assert abs(records["fd_independent"]["value"]) < 1e-6
+  assert records["nn_train_distance"]["value"] == 0.0   # mock data: test == train
+  assert "independent_network_accuracy" in records["fd_independent"]
+  # The bar applies to samples from elsewhere too, and names its own key.
+  with pytest.raises(feature_check.WeakFeatureNetworkError, match="min_independent_accuracy"):
+    evaluate.evaluate_npz(path, str(workdir), min_classifier_accuracy=0.0,
+                          independent_workdir=str(workdir))

@@ -49,6 +49,7 @@ Samples made elsewhere (e.g. by a PyTorch program), as an .npz of uint8
 images [N, H, W(, C)] (or [N, C, H, W]), optionally with `labels`:
 
   python -m launch.eval.evaluate --npz FILE --classifier_workdir DIR [--out eval.json]
+      [--independent_workdir runs/classifier_independent]
 """
 from __future__ import annotations
 
@@ -738,8 +739,10 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
 def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str = "test",
                  dataset: str | None = None, key: str | None = None, data_dir: str = "",
                  manual_dir: str = "",
-                 min_classifier_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY
-                 ) -> list[dict]:
+                 min_classifier_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY,
+                 independent_workdir: str = "",
+                 min_independent_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY,
+                 nearest_train_images: int = 10_000) -> list[dict]:
   """FD-fmnist and class histogram (and class accuracy with labels) of uint8 samples.
 
   Args:
@@ -753,6 +756,11 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
     min_classifier_accuracy: refuse (`feature_check.WeakFeatureNetworkError`)
       a classifier whose test accuracy is lower (as
       config.eval.min_classifier_accuracy).
+    independent_workdir: the independent network ("" = no independent check),
+      as config.eval.independent_workdir.
+    min_independent_accuracy: its bar, as config.eval.min_independent_accuracy.
+    nearest_train_images: training images of `nn_train_distance` (with the
+      independent check; 0 = none), as config.eval.nearest_train_images.
 
   Returns:
     The records, as in eval.json.
@@ -767,6 +775,15 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
   data = _data(classifier.config.data, **changes)
   accuracy = feature_check.check(classifier, data, min_classifier_accuracy)
   records = classifier_scores(classifier, images, data, labels=labels, split=split)
+  if independent_workdir:
+    network = load_classifier(independent_workdir, key="eval.independent_workdir")
+    independent_accuracy = feature_check.check(
+        network, data, min_independent_accuracy, key="eval.min_independent_accuracy",
+        command=INDEPENDENT_COMMAND)
+    records += [dict(r, independent_network_accuracy=independent_accuracy) for r in
+                independent_scores(network, images, data, labels=labels, split=split)]
+    if nearest_train_images:
+      records.append(nearest_train(data, nearest_train_images, len(images)).record(images))
   fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True,
             "feature_network_accuracy": accuracy}
   return _jsonable([{"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r}
@@ -786,6 +803,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--key", default=None, help="array name of the images in the .npz")
   parser.add_argument("--data_dir", default="", help="tfds data_dir (config.data.data_dir)")
   parser.add_argument("--manual_dir", default="", help="IDX files (config.data.manual_dir)")
+  parser.add_argument("--independent_workdir", default="",
+                      help=f"the independent network (train: {INDEPENDENT_COMMAND}); adds "
+                      "fd_independent, entropy_independent, class_accuracy_independent and "
+                      "nn_train_distance")
+  parser.add_argument("--min_independent_accuracy", type=float,
+                      default=feature_check.DEFAULT_MIN_ACCURACY,
+                      help="refuse an independent network with a lower test accuracy")
+  parser.add_argument("--nearest_train_images", type=int, default=10_000,
+                      help="training images searched by nn_train_distance (0 = skip)")
   parser.add_argument("--out", default=None, help="also write the records to this JSON file")
   parser.add_argument("--min_classifier_accuracy", type=float,
                       default=feature_check.DEFAULT_MIN_ACCURACY,
@@ -796,7 +822,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = evaluate_npz(args.npz, args.classifier_workdir, split=args.split,
                            dataset=args.dataset, key=args.key, data_dir=args.data_dir,
                            manual_dir=args.manual_dir,
-                           min_classifier_accuracy=args.min_classifier_accuracy)
+                           min_classifier_accuracy=args.min_classifier_accuracy,
+                           independent_workdir=args.independent_workdir,
+                           min_independent_accuracy=args.min_independent_accuracy,
+                           nearest_train_images=args.nearest_train_images)
   except (FileNotFoundError, ValueError, TypeError, checkpoint_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
