@@ -252,3 +252,15 @@ def test_npz_samples_get_the_independent_check(tmp_path, independent):
   with pytest.raises(feature_check.WeakFeatureNetworkError, match="min_independent_accuracy"):
     evaluate.evaluate_npz(path, str(workdir), min_classifier_accuracy=0.0,
                           independent_workdir=str(workdir))
+
+
+def test_corruptions_of_the_demo_table():
+  from launch.eval import corruptions
+  flat = np.full((2, 28, 28, 1), 100.0)
+  sets = corruptions.corrupted_sets(flat)
+  np.testing.assert_allclose(sets["test, 3x3 box blur"], flat)   # a constant is its own blur
+  dark = np.zeros((1, 28, 28, 1))
+  grey = corruptions.corrupted_sets(dark)["test, grey background (pixels < 30 set to 64)"]
+  assert np.all(grey == 64.0)
+  speckled = corruptions.corrupted_sets(dark)["test, speckle on the item (sigma = 40 grey levels)"]
+  np.testing.assert_array_equal(speckled, dark)   # no item: nothing speckled
