@@ -143,7 +143,7 @@ def get_base() -> ml_collections.ConfigDict:
   # lower (a weak one can put samples below the real-data floor); the trained
   # classifier_fashion_mnist has 0.906. 0 = score anyway (with a warning).
   c.eval.min_classifier_accuracy = 0.85
-  # The independent check (launch/eval/independent.py): FD, class histogram and
+  # The independent check (launch/eval/evaluate.py, docs/evaluation.md): FD, class histogram and
   # class accuracy in a differently-built network, configs/classifier_fashion_mnist.py:independent;
   # "" = skip (logged). Its own accuracy bar, as min_classifier_accuracy.
   c.eval.independent_workdir = ""

@@ -6,7 +6,7 @@ Train (2000 steps of batch 128, about 5 epochs; >= 90% test accuracy):
 Smoke variant (seconds, for tests):
   python -m launch --config configs/classifier_fashion_mnist.py:smoke --workdir /tmp/c
 
-The independent check (launch/eval/independent.py; docs/evaluation.md): an
+The independent check (launch/eval/evaluate.py; docs/evaluation.md): an
 MLP-Mixer (core/mixer_classifier.py), built differently from the CNN on every
 axis, trained on unpadded 28x28 images with random shifts of up to 1 pixel,
 no flips, another seed; 4500 steps of batch 64 (4.8 epochs):

@@ -7,7 +7,7 @@ samples. It generates nothing (`sample is None`).
 
 Two networks, by `model.name`: "classifier_cnn" (`core.classifier`, the
 feature network of FD-fmnist) and "mixer" (`core.mixer_classifier`, the
-independent check of launch/eval/independent.py). `data.random_shift` > 0
+independent check in launch/eval/evaluate.py). `data.random_shift` > 0
 translates each training image by up to that many pixels (padding with
 black), drawn from the step's key.
 """
@@ -77,7 +77,7 @@ NETWORKS: dict[str, Callable] = {"classifier_cnn": _classifier_cnn, "mixer": _mi
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierTask:
-  """Cross-entropy training of `ClassifierCNN` (task protocol: launch/tasks)."""
+  """Cross-entropy training of a classifier network (task protocol: launch/tasks)."""
   net: Any                    # ClassifierCNN | MixerClassifier
   image_shape: tuple[int, int, int]
   num_classes: int
