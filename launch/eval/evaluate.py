@@ -419,7 +419,8 @@ def nearest_train(data_config, num_train: int, num_test: int) -> NearestTrain:
   image_shape = tuple(data_lib.get_info(data).image_shape)
   # Back to uint8 (exact) and on to [0, 1] as the samples go: a copy is at distance 0.
   unit = lambda x: nearest.to_unit(figures.to_uint8(x))
-  train = unit(_split_images(data, data.split, int(num_train))).reshape(-1, int(np.prod(image_shape)))
+  train = unit(_split_images(data, data.split, int(num_train)))
+  train = train.reshape(len(train), -1)
   test = unit(_split_images(data, data.eval_split, int(num_test)))
   test_distances, _ = nearest.nearest_neighbour(test, train)
   description = {"num_train": int(len(train)), "train_images": f"first {len(train)} of "
