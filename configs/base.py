@@ -38,6 +38,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.eval_split = "test"
   c.data.pad_to_32 = False             # MNIST family: 28x28 -> 32x32 (pad with -1, black)
   c.data.random_flip = False           # horizontal flips (the DDPM paper's CIFAR-10)
+  c.data.random_shift = 0              # classifier task: random translations of up to N pixels
   c.data.data_dir = ""                 # tfds data_dir; "" = tfds default (~/tensorflow_datasets)
   c.data.manual_dir = ""               # IDX files of Fashion-MNIST/MNIST; "" = Debian's path
   c.data.num_examples = -1             # >0: use only the first N examples (smoke runs)
@@ -59,6 +60,10 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.spectral_norm = False        # EBM ResNet: spectral normalisation of every kernel
   c.model.num_classes = 0              # EBM energy nets: K per-class energies E(x, y) (JEM; K = the
                                        # dataset's classes), 0 = one scalar energy
+  c.model.depth = 4                    # mixer (independent classifier): Mixer blocks
+  c.model.patch_size = 7               # mixer: side of its square patches
+  c.model.token_mlp_dim = 32           # mixer: hidden width of the token-mixing MLPs
+  c.model.channel_mlp_dim = 256        # mixer: hidden width of the channel-mixing MLPs
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"      # linear | cosine
@@ -156,6 +161,14 @@ def get_base() -> ml_collections.ConfigDict:
   # lower (a weak one can put samples below the real-data floor); the trained
   # classifier_fashion_mnist has 0.906. 0 = score anyway (with a warning).
   c.eval.min_classifier_accuracy = 0.85
+  # The independent check (launch/eval/evaluate.py, docs/evaluation.md): FD, class histogram and
+  # class accuracy in a differently-built network, configs/classifier_fashion_mnist.py:independent;
+  # "" = skip (logged). Its own accuracy bar, as min_classifier_accuracy.
+  c.eval.independent_workdir = ""
+  c.eval.min_independent_accuracy = 0.85
+  # Mean L2 distance (pixels in [0, 1]) from each sample, and from as many test
+  # images, to its nearest among the first N training images; 0 = skip.
+  c.eval.nearest_train_images = 10_000
   c.eval.inception_weights = ""       # FID/IS Inception .npz (python -m launch.eval.inception convert)
   c.eval.ddpm_workdir = ""            # denoiser figures: DDPM samples from the same noise
   c.eval.nll_images = 256             # DDPM: test images scored by the variational bound

@@ -127,10 +127,16 @@ def validate(config: ml_collections.ConfigDict):
   if config.train.steps_per_dispatch > 1 and config.train.log_every % config.train.steps_per_dispatch:
     raise ConfigError("train.log_every", config.train.log_every,
                       reason="must be a multiple of train.steps_per_dispatch")
-  min_acc = config.eval.min_classifier_accuracy
-  if not isinstance(min_acc, (int, float)) or not 0 <= min_acc <= 1:
-    raise ConfigError("eval.min_classifier_accuracy", min_acc,
-                      allowed="a fraction in [0, 1] (0 = score with any feature network)")
+  for key in ("eval.min_classifier_accuracy", "eval.min_independent_accuracy"):
+    min_acc = _get(config, key)
+    if isinstance(min_acc, bool) or not isinstance(min_acc, (int, float)) or not 0 <= min_acc <= 1:
+      raise ConfigError(key, min_acc,
+                        allowed="a fraction in [0, 1] (0 = score with any feature network)")
+  if not isinstance(config.eval.independent_workdir, str):
+    raise ConfigError("eval.independent_workdir", config.eval.independent_workdir,
+                      allowed="a workdir of configs/classifier_fashion_mnist.py:independent, "
+                      "or '' to skip the independent check")
+  check_int("eval.nearest_train_images", config.eval.nearest_train_images, 0)
   if config.guard.enabled:
     if not 0 < config.guard.lr_factor < 1:
       raise ConfigError("guard.lr_factor", config.guard.lr_factor, allowed="a value in (0, 1)")

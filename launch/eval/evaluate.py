@@ -46,10 +46,21 @@ Scores of generated images:
     (`eval.inception_weights`, see launch/inception.py) against the train
     split (50k), statistics cached next to the weights file.
 
+The independent check (`eval.independent_workdir`; "" = skip, logged), so
+that a score is not an artefact of the project's own classifier: the same
+three scores in a differently-built network (an MLP-Mixer trained by
+configs/classifier_fashion_mnist.py:independent), `fd_independent`,
+`entropy_independent` and `class_accuracy_independent`, behind its own
+accuracy bar (`eval.min_independent_accuracy`); and `nn_train_distance`,
+the samples' mean L2 pixel distance to their nearest of the first
+`eval.nearest_train_images` training images, next to the same mean for as
+many test images (launch/eval/nearest.py; 0 = skip). docs/evaluation.md.
+
 Samples made elsewhere (e.g. by a PyTorch program), as an .npz of uint8
 images [N, H, W(, C)] (or [N, C, H, W]), optionally with `labels`:
 
   python -m launch.eval.evaluate --npz FILE --classifier_workdir DIR [--out eval.json]
+      [--independent_workdir runs/classifier_independent]
 """
 from __future__ import annotations
 
@@ -74,6 +85,7 @@ from launch import data as data_lib
 from launch import figures
 from launch.eval import feature_check
 from launch.eval import frechet
+from launch.eval import nearest
 from launch.eval import nll
 from launch import tasks
 from launch import workdir as workdir_lib
@@ -84,6 +96,11 @@ PINNED_SAMPLER = {"sampler": "ddim", "steps": 100, "eta": 0.0, "clip_x0": True,
 FLOOR_SIZES = (1000, 10_000)
 CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py "
                       "--workdir runs/classifier_fashion_mnist")
+INDEPENDENT_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py:independent "
+                       "--workdir runs/classifier_independent")
+# Records of the independent network: classifier_scores' metric -> its name here.
+INDEPENDENT_METRICS = {"fd_fmnist": "fd_independent", "class_histogram": "entropy_independent",
+                       "class_accuracy": "class_accuracy_independent"}
 FID_REFERENCE_SPLIT = "train"   # CIFAR-10: the DDPM paper's FID is against the train set
 _EVAL_STREAM = 0x45564C         # fold_in tag of the evaluation's sampling key
 _RESTORE_STREAM = 0x525354      # fold_in tag of the EBM restoration's corruptions and chains
@@ -94,7 +111,12 @@ class MissingClassifierError(FileNotFoundError):
   """`eval.classifier_workdir` is unset or holds no trained classifier."""
 
 
-def missing_classifier_message(workdir: str | None) -> str:
+def missing_classifier_message(workdir: str | None, key: str = "eval.classifier_workdir") -> str:
+  if key == "eval.independent_workdir":
+    return (f"config.eval.independent_workdir={str(workdir)!r} holds no trained classifier. "
+            f"Train the independent network once with\n  {INDEPENDENT_COMMAND}\nthen pass "
+            f"--config.eval.independent_workdir=runs/classifier_independent (or set it to '' "
+            f"to skip the independent check)")
   if not workdir:
     where = "config.eval.classifier_workdir is not set"
   else:
@@ -191,20 +213,26 @@ def classifier_from_state(config, workdir: str, task, state) -> Classifier:
                     int(jax.device_get(state.step)))
 
 
-def load_classifier(workdir: str | os.PathLike | None) -> Classifier:
+def load_classifier(workdir: str | os.PathLike | None, key: str = "eval.classifier_workdir"
+                    ) -> Classifier:
   """The classifier trained in `workdir` (configs/classifier_fashion_mnist.py).
+
+  Args:
+    workdir: its workdir.
+    key: the config key that named it ("eval.classifier_workdir" or
+      "eval.independent_workdir"), for the messages.
 
   Raises:
     MissingClassifierError: `workdir` is empty or holds no checkpoint; the
       message says how to train the classifier.
   """
   if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
-    raise MissingClassifierError(missing_classifier_message(workdir and str(workdir)))
+    raise MissingClassifierError(missing_classifier_message(workdir and str(workdir), key))
   config = workdir_lib.load_config(workdir)
   if config.task != "classifier":
-    raise ValueError(f"config.eval.classifier_workdir={str(workdir)!r} holds a "
-                     f"{config.task!r} run, not a classifier; train one with\n  "
-                     f"{CLASSIFIER_COMMAND}")
+    command = INDEPENDENT_COMMAND if key == "eval.independent_workdir" else CLASSIFIER_COMMAND
+    raise ValueError(f"config.{key}={str(workdir)!r} holds a {config.task!r} run, not a "
+                     f"classifier; train one with\n  {command}")
   run, state = workdir_lib.load_trained(str(workdir), config, device=jax.local_devices()[0])
   return classifier_from_state(config, str(workdir), run.task, state)
 
@@ -348,6 +376,84 @@ def real_data_floor(config, n: int, classifier_workdir: str | None = None, *,
 
 
 # ----------------------------------------------------------------------------
+# The independent check.
+
+
+def independent_scores(network: Classifier, images_uint8: np.ndarray, data_config, *,
+                       labels: np.ndarray | None = None, split: str = "test") -> list[dict]:
+  """`classifier_scores` in the independent network, named as its own metrics.
+
+  Returns:
+    Records {"fd_independent"}, {"entropy_independent"} and, with labels,
+    {"class_accuracy_independent"}: the fields of `classifier_scores`, plus
+    "check": "independent".
+  """
+  records = classifier_scores(network, images_uint8, data_config, labels=labels, split=split)
+  return [dict(r, metric=INDEPENDENT_METRICS[r["metric"]], check="independent")
+          for r in records]
+
+
+@dataclasses.dataclass
+class NearestTrain:
+  """The pixel-space nearest-train-neighbour statistic (launch/eval/nearest.py).
+
+  Attributes:
+    train: float [M, D], the first M training images in [0, 1], flattened
+      (MNIST family at its native 28x28, unpadded).
+    image_shape: (H, W, C) the distances are measured at.
+    test_distances: [N] distances of the first N test images to `train`.
+    description: which images the keys and test images are.
+  """
+  train: np.ndarray
+  image_shape: tuple[int, int, int]
+  test_distances: np.ndarray
+  description: dict
+
+  def record(self, images_uint8: np.ndarray) -> dict:
+    """The {"metric": "nn_train_distance", ...} record of uint8 samples [N, H, W, C]."""
+    x = _center_crop(nearest.to_unit(images_uint8), self.image_shape[:2])
+    distances, _ = nearest.nearest_neighbour(x, self.train)
+    return {"metric": "nn_train_distance",
+            **nearest.summary(distances, self.test_distances, self.image_shape),
+            **self.description}
+
+
+def nearest_train(data_config, num_train: int, num_test: int) -> NearestTrain:
+  """Loads the first `num_train` training images and measures `num_test` test images.
+
+  Args:
+    data_config: the `data` section (data.split / data.eval_split; its
+      data.num_examples limit applies: the images the model trained on).
+    num_train: training images to search (capped at the split's size).
+    num_test: held-out images to measure the same way (capped likewise).
+  """
+  data = _data(data_config, pad_to_32=False)   # distances at the dataset's own size
+  image_shape = tuple(data_lib.get_info(data).image_shape)
+  # Back to uint8 (exact) and on to [0, 1] as the samples go: a copy is at distance 0.
+  unit = lambda x: nearest.to_unit(figures.to_uint8(x))
+  train = unit(_split_images(data, data.split, int(num_train)))
+  train = train.reshape(len(train), -1)
+  test = unit(_split_images(data, data.eval_split, int(num_test)))
+  test_distances, _ = nearest.nearest_neighbour(test, train)
+  description = {"num_train": int(len(train)), "train_images": f"first {len(train)} of "
+                 f"{data.name} {data.split}", "test_images": f"first {len(test)} of "
+                 f"{data.name} {data.eval_split}", "check": "independent"}
+  return NearestTrain(train, image_shape, test_distances, description)
+
+
+def load_independent(config) -> Classifier | None:
+  """The independent network of `config.eval.independent_workdir`; None (logged) when unset."""
+  workdir = config.eval.independent_workdir
+  if not workdir:
+    logging.info("config.eval.independent_workdir is empty: the independent check "
+                 "(fd_independent, entropy_independent, class_accuracy_independent, "
+                 "nn_train_distance) is skipped; train it with %s", INDEPENDENT_COMMAND)
+    print("note: the independent check is skipped (config.eval.independent_workdir is empty)")
+    return None
+  return load_classifier(workdir, key="eval.independent_workdir")
+
+
+# ----------------------------------------------------------------------------
 # Inception FID / IS (CIFAR-10).
 
 
@@ -397,6 +503,9 @@ def _check_feature_network(config) -> None:
       raise MissingClassifierError(missing_classifier_message(workdir))
   else:
     _check_inception_weights(config.eval.inception_weights)
+  workdir = config.eval.independent_workdir
+  if workdir and not (epath.Path(workdir) / "checkpoints").exists():
+    raise MissingClassifierError(missing_classifier_message(workdir, "eval.independent_workdir"))
 
 
 def generate(task, params, key: jax.Array, num: int, batch_size: int, options: dict,
@@ -466,6 +575,18 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
   if config.data.name in data_lib.MNIST_FAMILY:  # before sampling: refuse a weak feature network
     checked["feature_network_accuracy"] = feature_check.check(
         scorer(), config.data, float(config.eval.min_classifier_accuracy))
+  independent, nn_train = load_independent(config), None
+  independent_fields = {}
+  if independent is not None:   # before sampling too: the same bar, its own key
+    if config.data.name in data_lib.MNIST_FAMILY:
+      independent_fields["independent_network_accuracy"] = feature_check.check(
+          independent, config.data, float(config.eval.min_independent_accuracy),
+          key="eval.min_independent_accuracy", command=INDEPENDENT_COMMAND)
+    else:
+      print(f"note: the independent network scores only the MNIST family, not "
+            f"{config.data.name}: nn_train_distance only")
+    if config.eval.nearest_train_images:
+      nn_train = nearest_train(config.data, config.eval.nearest_train_images, n)
   cycling = (np.arange(n) % task.num_classes).astype(np.int32) if task.num_classes else None
   key = jax.random.fold_in(run.keys["sample"], _EVAL_STREAM)
   settings = _sampling_settings(task)
@@ -484,7 +605,13 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
       fields["labels"] = "cycling 0..9"
     elif "label" in options:
       fields["labels"] = "none (marginal E(x))"
-    for r in _score(config, uint8, labels, scorer):
+    scored = _score(config, uint8, labels, scorer)
+    if independent is not None and config.data.name in data_lib.MNIST_FAMILY:
+      scored += [dict(r, **independent_fields) for r in independent_scores(
+          independent, uint8, config.data, labels=labels, split=config.data.eval_split)]
+    if nn_train is not None:
+      scored.append(nn_train.record(uint8))
+    for r in scored:
       records.append({"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r})
   if hasattr(task, "ood_evaluate"):   # an energy: its AUROC as an OOD score
     records += _ood_records(config, task, state, step)
@@ -605,7 +732,7 @@ def _evaluate_classifier(config, workdir, run, state) -> list[dict]:
 
 _TABLE_FIELDS = ("protocol", "sampler", "steps", "eta", "clip_x0", "guidance", "weights",
                  "num_samples", "n", "num_examples", "reference_split", "reference_size",
-                 "ood_set", "corrupted", "step")
+                 "ood_set", "corrupted", "test_value", "ratio", "num_train", "step")
 
 
 def _jsonable(x):
@@ -695,8 +822,10 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
 def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str = "test",
                  dataset: str | None = None, key: str | None = None, data_dir: str = "",
                  manual_dir: str = "",
-                 min_classifier_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY
-                 ) -> list[dict]:
+                 min_classifier_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY,
+                 independent_workdir: str = "",
+                 min_independent_accuracy: float = feature_check.DEFAULT_MIN_ACCURACY,
+                 nearest_train_images: int = 10_000) -> list[dict]:
   """FD-fmnist and class histogram (and class accuracy with labels) of uint8 samples.
 
   Args:
@@ -710,6 +839,11 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
     min_classifier_accuracy: refuse (`feature_check.WeakFeatureNetworkError`)
       a classifier whose test accuracy is lower (as
       config.eval.min_classifier_accuracy).
+    independent_workdir: the independent network ("" = no independent check),
+      as config.eval.independent_workdir.
+    min_independent_accuracy: its bar, as config.eval.min_independent_accuracy.
+    nearest_train_images: training images of `nn_train_distance` (with the
+      independent check; 0 = none), as config.eval.nearest_train_images.
 
   Returns:
     The records, as in eval.json.
@@ -724,6 +858,15 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
   data = _data(classifier.config.data, **changes)
   accuracy = feature_check.check(classifier, data, min_classifier_accuracy)
   records = classifier_scores(classifier, images, data, labels=labels, split=split)
+  if independent_workdir:
+    network = load_classifier(independent_workdir, key="eval.independent_workdir")
+    independent_accuracy = feature_check.check(
+        network, data, min_independent_accuracy, key="eval.min_independent_accuracy",
+        command=INDEPENDENT_COMMAND)
+    records += [dict(r, independent_network_accuracy=independent_accuracy) for r in
+                independent_scores(network, images, data, labels=labels, split=split)]
+    if nearest_train_images:
+      records.append(nearest_train(data, nearest_train_images, len(images)).record(images))
   fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True,
             "feature_network_accuracy": accuracy}
   return _jsonable([{"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r}
@@ -743,6 +886,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--key", default=None, help="array name of the images in the .npz")
   parser.add_argument("--data_dir", default="", help="tfds data_dir (config.data.data_dir)")
   parser.add_argument("--manual_dir", default="", help="IDX files (config.data.manual_dir)")
+  parser.add_argument("--independent_workdir", default="",
+                      help=f"the independent network (train: {INDEPENDENT_COMMAND}); adds "
+                      "fd_independent, entropy_independent, class_accuracy_independent and "
+                      "nn_train_distance")
+  parser.add_argument("--min_independent_accuracy", type=float,
+                      default=feature_check.DEFAULT_MIN_ACCURACY,
+                      help="refuse an independent network with a lower test accuracy")
+  parser.add_argument("--nearest_train_images", type=int, default=10_000,
+                      help="training images searched by nn_train_distance (0 = skip)")
   parser.add_argument("--out", default=None, help="also write the records to this JSON file")
   parser.add_argument("--min_classifier_accuracy", type=float,
                       default=feature_check.DEFAULT_MIN_ACCURACY,
@@ -753,7 +905,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = evaluate_npz(args.npz, args.classifier_workdir, split=args.split,
                            dataset=args.dataset, key=args.key, data_dir=args.data_dir,
                            manual_dir=args.manual_dir,
-                           min_classifier_accuracy=args.min_classifier_accuracy)
+                           min_classifier_accuracy=args.min_classifier_accuracy,
+                           independent_workdir=args.independent_workdir,
+                           min_independent_accuracy=args.min_independent_accuracy,
+                           nearest_train_images=args.nearest_train_images)
   except (FileNotFoundError, ValueError, TypeError, checkpoint_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

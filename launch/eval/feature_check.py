@@ -80,8 +80,17 @@ def measure_accuracy(classifier, data_config, split: str = "test") -> float:
   return accuracy
 
 
-def check(classifier, data_config, min_accuracy: float, split: str = "test") -> float:
+def check(classifier, data_config, min_accuracy: float, split: str = "test", *,
+          key: str = "eval.min_classifier_accuracy", command: str = CLASSIFIER_COMMAND) -> float:
   """The classifier's test accuracy; raises when it is below `min_accuracy`.
+
+  Args:
+    classifier: an `evaluate.Classifier`.
+    data_config: a `data` section saying where the data is.
+    min_accuracy: the bar.
+    split: the split to measure on.
+    key: the config key that sets the bar (named in the error).
+    command: how to train this network (named in the error).
 
   Raises:
     WeakFeatureNetworkError: one line naming the accuracy, the bar, the key
@@ -92,10 +101,9 @@ def check(classifier, data_config, min_accuracy: float, split: str = "test") -> 
   if accuracy < min_accuracy:
     raise WeakFeatureNetworkError(
         f"{where} classifies {accuracy:.1%} of {classifier.dataset} {split} correctly, below "
-        f"config.eval.min_classifier_accuracy={min_accuracy:g}: a Fréchet distance in its "
+        f"config.{key}={min_accuracy:g}: a Fréchet distance in its "
         f"features means little (it can fall below the real-data floor). Train it fully "
-        f"({CLASSIFIER_COMMAND}), or score anyway with "
-        f"--config.eval.min_classifier_accuracy=0")
+        f"({command}), or score anyway with --config.{key}=0")
   if accuracy < DEFAULT_MIN_ACCURACY:
     logging.warning("%s classifies only %.1f%% of %s %s correctly (below %g): its FD scores "
                     "are not comparable with those of a trained feature network.", where,
