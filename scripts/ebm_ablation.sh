@@ -35,7 +35,9 @@
 #                 over every chain (training and sampling)
 #   short_chains  more, shorter chains at the same number of energy
 #                 gradients per step: 256 chains of 30 steps
-#   all           all of the above together
+#   jem           JEM (configs/ebm_fashion_mnist.py:conditional's keys): 10
+#                 class energies, per-class buffer, cross-entropy weight 1
+#   all           all of the above but jem together
 # A further variant is one more line in VARIANTS below: `[name]="key=value ..."`
 # with config keys of configs/ebm_fashion_mnist.py (e.g. the class-conditional
 # keys of the JEM recipe).
@@ -55,9 +57,10 @@ declare -A VARIANTS=(
   [kl]="ebm.kl_weight=1.0 ebm.entropy_weight=0.3 ebm.kl_chains=32"
   [anneal]="ebm.anneal=geometric ebm.step_size_final_factor=0.1 ebm.noise_final_factor=0.1"
   [short_chains]="ebm.num_chains=256 ebm.langevin_steps=30"
+  [jem]="model.num_classes=10 ebm.conditional_sampling=true ebm.ce_weight=1.0"
   [all]="model.spectral_norm=true ebm.augment_shift=2 ebm.augment_noise=0.01 ebm.kl_weight=1.0 ebm.entropy_weight=0.3 ebm.kl_chains=32 ebm.anneal=geometric ebm.step_size_final_factor=0.1 ebm.noise_final_factor=0.1 ebm.num_chains=256 ebm.langevin_steps=30"
 )
-ORDER=(baseline sn augment kl anneal short_chains all)
+ORDER=(baseline sn augment kl anneal short_chains jem all)
 
 # What every variant shares: the budget binds, no grids inside it.
 COMMON=(--config.train.time_budget_s="$BUDGET_S" --config.train.steps=1000000

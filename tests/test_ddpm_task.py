@@ -169,6 +169,7 @@ def _trained(name):
   return config, task, state, metrics, params0, ema0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_smoke_train_step_and_sample(name):
   config, task, state, metrics, params0, ema0 = _trained(name)

@@ -145,6 +145,7 @@ def test_convolutions_equal_lax_in_values_and_gradients(conv, value_tol, shape, 
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cnn_energy_matmul_layers_change_neither_values_nor_input_gradients():
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (3, 32, 32, 3)), jnp.float32)
   fast = networks.CNNEnergy(c_hid=8)            # the 4x4 and 2x2 outputs as matmuls

@@ -425,6 +425,7 @@ def test_step_settings_errors_name_the_problem():
     networks.CNNEnergy(c_hid=4, num_classes=10, spectral_norm=True),
     networks.ResNetEnergy(ch=4, ch_mult=(1,), num_res_blocks=1, num_classes=10,
                           spectral_norm=True)])
+@pytest.mark.slow
 def test_spectral_norm_works_with_the_jem_head(network):
   side = 28 if isinstance(network, networks.CNNEnergy) else 8
   x = jax.random.uniform(jax.random.key(0), (3, side, side, 1), minval=-1, maxval=1)
@@ -519,7 +520,7 @@ def test_ablation_script_trains_every_variant_for_the_same_budget_then_evaluates
   train = [c for c in commands if "--mode" not in c]
   evaluate = [c for c in commands if "--mode" in c]
   names = [pathlib.Path(c[c.index("--workdir") + 1]).name for c in train]
-  assert names == ["baseline", "sn", "augment", "kl", "anneal", "short_chains", "all"]
+  assert names == ["baseline", "sn", "augment", "kl", "anneal", "short_chains", "jem", "all"]
   assert len(evaluate) == len(train)
   seen = set()
   for t, e in zip(train, evaluate):

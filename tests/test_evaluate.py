@@ -102,6 +102,7 @@ def test_classifier_accuracy_and_real_data_floor(classifier):
   assert floor["num_samples"] == 8 and floor["value"] > 0
 
 
+@pytest.mark.slow
 def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier):
   config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **{"data.name": "fashion_mnist", "eval.num_samples": NUM_SAMPLES,
@@ -139,6 +140,7 @@ def test_conditional_ddpm_pinned_and_config_sampler(tmp_path_factory, classifier
   assert by_key[("pinned", "fd_fmnist")]["eta"] == 0.0
 
 
+@pytest.mark.slow
 def test_ebm_samples_and_ood(tmp_path_factory, classifier):
   config, workdir = _untrained(tmp_path_factory, "ebm_fashion_mnist.py:smoke", {"loss": 0.1},
                                **{"eval.classifier_workdir": str(classifier[1]),

@@ -528,6 +528,7 @@ def test_unknown_paths_and_methods_are_4xx(client):
   assert client.delete("/models").status_code == 405
 
 
+@pytest.mark.slow
 def test_denoiser_is_served_with_its_one_step(tmp_path):
   workdir = write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", tmp_path / "dn")
   config = serve_config({})

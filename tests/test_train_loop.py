@@ -142,6 +142,7 @@ def test_time_budget_rejects_negative():
     config_lib.validate(_config(train__time_budget_s=-1.0))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good(tmp_path):
   config = _config(train__steps=6, optim__lr=1e30, optim__grad_clip=0.0, optim__warmup_steps=0)
   with pytest.raises(train_lib.TrainingDiverged, match=r"diverged at step \d+: (loss|grad_norm)"):
