@@ -7,7 +7,7 @@
 # Usage: bash scripts/ddpm_ablation.sh NAME STEPS [--config.key=value ...]
 # Needs runs/classifier_fashion_mnist and runs/classifier_independent
 # (docs/evaluation.md). Set EVAL_ONLY=1 to score an existing workdir. Results:
-# runs/ablation/NAME/eval_{ddim100,dpmpp20}.json and train_seconds.txt.
+# runs/ablation/NAME/eval_dpmpp20.json (both protocols) and train_seconds.txt.
 set -euo pipefail
 name=$1; steps=$2; shift 2
 cfg=${CONFIG:-configs/ddpm_fashion_mnist.py}
@@ -26,5 +26,5 @@ ev() {  # sampler steps tag
     > "$wd/eval_$tag.out" 2>&1
   cp "$wd/eval.json" "$wd/eval_$tag.json"
 }
-tag=ddim100 ev --config.train.steps="$steps" "$@" --config.sample.sampler=ddim --config.sample.steps=100 --config.sample.eta=0.0
+# evaluate always adds the pinned protocol (DDIM eta 0, 100 steps) to the config's sampler
 tag=dpmpp20 ev --config.train.steps="$steps" "$@" --config.sample.sampler=dpmpp_2m --config.sample.steps=20
