@@ -54,6 +54,10 @@ browser:
 	elif command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; \
 	else echo "chromium not found and no apt-get: the web-page test will be skipped"; fi
+	@if command -v node >/dev/null || command -v nodejs >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs; \
+	else echo "node not found and no apt-get: the page's PNG-encoder test will be skipped"; fi
 
 # Extra flags, e.g. make demo TRAIN_ARGS=--config.train.time_budget_s=900
 TRAIN_ARGS ?=
