@@ -32,7 +32,8 @@ from launch import train as train_lib
 from launch import workdir as workdir_lib
 from launch.config_errors import ConfigError
 from launch.eval import evaluate
-from test_evaluate import ROOT, _untrained, classifier, mock_data  # noqa: F401 (fixtures)
+from test_evaluate import ROOT, classifier, mock_data  # noqa: F401 (fixtures)
+from workdirs import untrained as _untrained
 
 COND = "ebm_fashion_mnist.py:conditional_smoke"
 

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 
-from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch.eval import evaluate
@@ -24,7 +24,6 @@ from launch.config_errors import ConfigError
 from launch.eval import inception
 from launch import train as train_lib
 from launch import workdir as workdir_lib
-from launch import writers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
@@ -43,21 +42,6 @@ def _config(name, **overrides):
   return config_lib.load(f"{ROOT}/configs/{name}.py", overrides)
 
 
-def _untrained(tmp_path_factory, spec, metrics, **overrides):
-  """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
-  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
-  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  run = workdir_lib.prepare(config)
-  config_json = config_lib.to_json(config)
-  (workdir / "config.json").write_text(config_json)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, workdir_lib.init_state(run), config_json, force=True)
-  ckpt.close()
-  writer = writers.MetricWriter(workdir)
-  for step in (1, 2):
-    writer.write(step, {name: value / step for name, value in metrics.items()})
-  writer.close()
-  return config, workdir
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,14 @@ import math
 import pathlib
 
 import pytest
+from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch.eval import evaluate
 from launch import figure_mode
 from launch import train as train_lib
-from launch import workdir as workdir_lib
-from launch import writers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
@@ -37,21 +35,6 @@ def _train(tmp_path_factory, spec, **overrides):
   return config, workdir
 
 
-def _untrained(tmp_path_factory, spec, metrics, **overrides):
-  """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
-  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
-  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  run = workdir_lib.prepare(config)
-  config_json = config_lib.to_json(config)
-  (workdir / "config.json").write_text(config_json)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, workdir_lib.init_state(run), config_json, force=True)
-  ckpt.close()
-  writer = writers.MetricWriter(workdir)
-  for step in (1, 2):
-    writer.write(step, {name: value / step for name, value in metrics.items()})
-  writer.close()
-  return config, workdir
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 
 from configs import classifier_fashion_mnist
-from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import train as train_lib
-from launch import workdir as workdir_lib
-from launch import writers
 from launch.config_errors import ConfigError
 from launch.eval import evaluate
 from launch.eval import feature_check
@@ -47,20 +45,6 @@ def independent(tmp_path_factory):
   return config, workdir, state
 
 
-def _untrained(tmp_path_factory, spec, **overrides):
-  """A workdir as the loop leaves it, holding the initial state: no train-step compile."""
-  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
-  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  run = workdir_lib.prepare(config)
-  config_json = config_lib.to_json(config)
-  (workdir / "config.json").write_text(config_json)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, workdir_lib.init_state(run), config_json, force=True)
-  ckpt.close()
-  writer = writers.MetricWriter(workdir)
-  writer.write(1, {"loss": 1.0})
-  writer.close()
-  return config, workdir
 
 
 # ----------------------------------------------------------------------------
@@ -189,7 +173,7 @@ def test_fd_of_the_test_split_against_itself_is_zero(independent):
 def test_weak_independent_network_is_refused_before_sampling(tmp_path_factory, independent,
                                                              monkeypatch):
   config, workdir = _untrained(
-      tmp_path_factory, "ddpm_fashion_mnist.py:smoke",
+      tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},
       **{"eval.classifier_workdir": str(independent[1]), "eval.min_classifier_accuracy": 0.0,
          "eval.independent_workdir": str(independent[1])})
   monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampled first"))
@@ -205,7 +189,8 @@ def test_conditional_evaluation_records_the_independent_check(tmp_path_factory, 
                "eval.classifier_workdir": str(independent[1]), "eval.nll_images": 0,
                "eval.min_classifier_accuracy": 0.0, "eval.min_independent_accuracy": 0.0,
                "eval.independent_workdir": str(independent[1])}
-  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", **overrides)
+  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke",
+                               {"loss": 1.0}, **overrides)
   records = evaluate.evaluate_workdir(config, str(workdir))
   by_key = {(r.get("protocol"), r["metric"]): r for r in records}
   metrics = ("fd_fmnist", "class_histogram", "class_accuracy", "fd_independent",
@@ -224,7 +209,7 @@ def test_conditional_evaluation_records_the_independent_check(tmp_path_factory, 
     assert nn["num_train"] == min(config.data.num_examples, MOCK_EXAMPLES)
     assert 0 < nn["value"] <= 28 and nn["test_value"] == 0.0   # mock data: test == train
   # Unset: skipped, and said so.
-  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke",
+  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **dict(overrides, **{"eval.independent_workdir": ""}))
   records = evaluate.evaluate_workdir(config, str(workdir))
   assert not any("independent" in r["metric"] or r["metric"] == "nn_train_distance"
