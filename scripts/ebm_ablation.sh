@@ -12,7 +12,9 @@
 # the issue's 30 CPU minutes), RUNS (default runs/ebm_ablation), CLASSIFIER
 # (the feature network's workdir, default runs/classifier_fashion_mnist;
 # `python -m launch --config configs/classifier_fashion_mnist.py --workdir
-# runs/classifier_fashion_mnist` trains it), PYTHON (default python).
+# runs/classifier_fashion_mnist` trains it), INDEPENDENT (the second meter,
+# docs/evaluation.md, default runs/classifier_independent, trained by
+# configs/classifier_fashion_mnist.py:independent), PYTHON (default python).
 #
 # Equal budget: train.time_budget_s stops the loop after BUDGET_S seconds of
 # wall time (train.steps is set far beyond reach, so the budget is what
@@ -47,6 +49,7 @@ cd "$(dirname "$0")/.."
 BUDGET_S=${BUDGET_S:-1800}
 RUNS=${RUNS:-runs/ebm_ablation}
 CLASSIFIER=${CLASSIFIER:-runs/classifier_fashion_mnist}
+INDEPENDENT=${INDEPENDENT:-runs/classifier_independent}
 PYTHON=${PYTHON:-python}
 CONFIG=configs/ebm_fashion_mnist.py
 
@@ -95,23 +98,37 @@ for v in "${variants[@]}"; do
     if [[ -z "${DRY_RUN:-}" ]]; then date -u +%FT%TZ > "$workdir/ablation_trained"; fi
   fi
   run "$PYTHON" -m launch --config "$CONFIG" --workdir "$workdir" --mode evaluate \
-    "${overrides[@]}" --config.eval.classifier_workdir="$CLASSIFIER"
+    "${overrides[@]}" --config.eval.classifier_workdir="$CLASSIFIER" \
+    --config.eval.independent_workdir="$INDEPENDENT"
 done
 
 if [[ -n "${DRY_RUN:-}" ]]; then exit 0; fi
-# The table: steps reached in the budget, FD-fmnist, entropy, OOD AUROCs.
+# The table: steps reached in the budget, both meters on samples from noise
+# (a JEM's from its marginal E(x)), a JEM's class accuracy of class-cycling
+# samples (both meters) and its test accuracy, the mean OOD AUROC.
 "$PYTHON" - "$RUNS" "${variants[@]}" <<'EOF'
 import json, pathlib, sys
 runs, names = pathlib.Path(sys.argv[1]), sys.argv[2:]
-print("| variant | steps | loop s | FD-fmnist ↓ | entropy ↑ | OOD AUROC (mean) |")
-print("| --- | --- | --- | --- | --- | --- |")
+nan = float("nan")
+print("| variant | steps | loop s | FD-fmnist ↓ | entropy ↑ | fd_independent ↓ | entropy (indep.) ↑ "
+      "| class acc. (CNN / indep.) | JEM test acc. | OOD AUROC (mean) |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for name in names:
-  records = {r["metric"]: r for r in json.loads((runs / name / "eval.json").read_text())}
+  records = json.loads((runs / name / "eval.json").read_text())
+  def get(metric, protocol=None):
+    hits = [r["value"] for r in records if r["metric"] == metric
+            and (protocol is None or r.get("protocol") == protocol)]
+    return hits[0] if hits else nan
+  jem = any(r.get("protocol") == "marginal" for r in records)
+  noise = "marginal" if jem else "config"   # samples from noise without a label
   lines = (runs / name / "metrics.jsonl").read_text().splitlines()
   last = json.loads(lines[-1]) if lines else {}
-  ood = [r["value"] for m, r in records.items() if m.startswith("ood_auroc_")]
-  fd = records.get("fd_fmnist", {}).get("value", float("nan"))
-  ent = records.get("class_histogram", {}).get("value", float("nan"))
-  print(f"| {name} | {last.get('step', '?')} | {last.get('elapsed_s', float('nan')):.0f} "
-        f"| {fd:.2f} | {ent:.3f} | {sum(ood) / max(len(ood), 1):.3f} |")
+  ood = [r["value"] for r in records if r["metric"].startswith("ood_auroc_")]
+  acc = (f"{get('class_accuracy', 'config'):.3f} / "
+         f"{get('class_accuracy_independent', 'config'):.3f}") if jem else "–"
+  test = f"{get('accuracy'):.3f}" if jem else "–"
+  print(f"| {name} | {last.get('step', '?')} | {last.get('elapsed_s', nan):.0f} "
+        f"| {get('fd_fmnist', noise):.2f} | {get('class_histogram', noise):.3f} "
+        f"| {get('fd_independent', noise):.2f} | {get('entropy_independent', noise):.3f} "
+        f"| {acc} | {test} | {sum(ood) / max(len(ood), 1):.3f} |")
 EOF

@@ -526,10 +526,11 @@ def test_ablation_script_trains_every_variant_for_the_same_budget_then_evaluates
   for t, e in zip(train, evaluate):
     assert t[:3] == ["python", "-m", "launch"] and "--config.train.time_budget_s=1800" in t
     assert e[e.index("--mode") + 1] == "evaluate"
-    # evaluate sees the variant's own config: the same overrides, plus the classifier
-    assert [a for a in e if a.startswith("--config.") and "classifier_workdir" not in a] == [
+    # evaluate sees the variant's own config: the same overrides, plus both meters
+    meters = ("--config.eval.classifier_workdir=", "--config.eval.independent_workdir=")
+    assert [a for a in e if a.startswith("--config.") and not a.startswith(meters)] == [
         a for a in t if a.startswith("--config.")]
-    assert any(a.startswith("--config.eval.classifier_workdir=") for a in e)
+    assert all(any(a.startswith(m) for a in e) for m in meters)
     overrides = [a[len("--config."):] for a in t if a.startswith("--config.")]
     config = config_lib.load(str(ROOT / t[t.index("--config") + 1]), overrides)  # validates
     seen.add(tuple(sorted(overrides)))
