@@ -153,6 +153,9 @@ def main(argv):
   if _WORKDIR.value is None and not (_MODE.value == "serve" and "models" in config):
     print("error: --workdir is required", file=sys.stderr)
     return 2
+  # Before `validate`: building a task may run a JAX operation (e.g. an annealed
+  # Langevin schedule), and the CPU device count must be set before the first.
+  _setup_jax()
   task = None
   try:
     if not (_MODE.value == "serve" and "models" in config):  # a serve config: launch.serve checks it
@@ -160,7 +163,6 @@ def main(argv):
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  _setup_jax()
   _log_to_workdir(_WORKDIR.value, create=_MODE.value == "train")
   module_name, fn_name = MODES[_MODE.value].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)

@@ -122,3 +122,19 @@ def test_terminal_format_is_one_line_per_record():
   assert fmt.format(_record(logging.WARNING, "x", "slow")) == "warning: slow"
   assert fmt.format(_record(logging.ERROR, "x", "bad")) == "error: bad"
   assert ABSL_LINE.match(logging_setup.TerminalFormatter(0).format(_record(logging.INFO, "x")))
+
+
+def test_options_whose_task_build_runs_jax_still_start(tmp_path):
+  """Building the task may run a JAX operation (the annealed Langevin schedule, spectral
+  norm); the CLI sets the CPU device count before that, so the run starts and ends in
+  its own error (no checkpoint), not in JAX's 'jax_num_cpu_devices ... before backends'."""
+  work = tmp_path / "w"
+  work.mkdir()
+  out = _cli("--config", "configs/ebm_fashion_mnist.py:smoke", "--workdir", str(work),
+             "--mode", "sample", "--config.model.spectral_norm=true",
+             "--config.ebm.anneal=geometric", "--config.ebm.step_size_final_factor=0.1",
+             "--config.ebm.noise_final_factor=0.1")
+  assert "jax_num_cpu_devices" not in out.stderr, out.stderr[-2000:]
+  assert out.returncode == 1
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
