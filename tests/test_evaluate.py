@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 
 from launch import config as config_lib
@@ -24,6 +23,7 @@ from launch.config_errors import ConfigError
 from launch.eval import inception
 from launch import train as train_lib
 from launch import workdir as workdir_lib
+from workdirs import untrained as _untrained
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
@@ -42,16 +42,12 @@ def _config(name, **overrides):
   return config_lib.load(f"{ROOT}/configs/{name}.py", overrides)
 
 
-
-
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("classifier")
   config = config_lib.load(f"{ROOT}/configs/classifier_fashion_mnist.py:smoke")
   state = train_lib.train_and_evaluate(config, workdir)
   return config, workdir, state
-
-
 
 
 def _check_records(records, workdir):

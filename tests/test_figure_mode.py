@@ -9,7 +9,6 @@ import math
 import pathlib
 
 import pytest
-from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -17,6 +16,7 @@ from launch import config as config_lib
 from launch.eval import evaluate
 from launch import figure_mode
 from launch import train as train_lib
+from workdirs import untrained as _untrained
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
@@ -33,8 +33,6 @@ def _train(tmp_path_factory, spec, **overrides):
   config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
   train_lib.train_and_evaluate(config, workdir)
   return config, workdir
-
-
 
 
 @pytest.fixture(scope="module")

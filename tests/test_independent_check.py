@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from workdirs import untrained as _untrained
 import tensorflow_datasets as tfds
 
 from configs import classifier_fashion_mnist
@@ -25,6 +24,7 @@ from launch.eval import evaluate
 from launch.eval import feature_check
 from launch.eval import nearest
 from launch.tasks import classifier as classifier_task
+from workdirs import untrained as _untrained
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
@@ -43,8 +43,6 @@ def independent(tmp_path_factory):
   config = config_lib.load(f"{ROOT}/configs/classifier_fashion_mnist.py:independent_smoke")
   state = train_lib.train_and_evaluate(config, workdir)
   return config, workdir, state
-
-
 
 
 # ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Test workdirs made without training (shared by the evaluate, figures and JEM tests)."""
 import pathlib
 
-from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
+from launch import convert
 from launch import workdir as workdir_lib
 from launch import writers
 
@@ -23,12 +23,7 @@ def untrained(tmp_path_factory, spec, metrics, **overrides):
   """
   workdir = tmp_path_factory.mktemp(spec.split(".")[0])
   config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  run = workdir_lib.prepare(config)
-  config_json = config_lib.to_json(config)
-  (workdir / "config.json").write_text(config_json)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  ckpt.save(0, workdir_lib.init_state(run), config_json, force=True)
-  ckpt.close()
+  convert.write_workdir(config, workdir_lib.init_state(workdir_lib.prepare(config)), workdir)
   writer = writers.MetricWriter(workdir)
   for step in (1, 2):
     writer.write(step, {name: value / step for name, value in metrics.items()})
