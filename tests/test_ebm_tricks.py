@@ -520,7 +520,8 @@ def test_ablation_script_trains_every_variant_for_the_same_budget_then_evaluates
   train = [c for c in commands if "--mode" not in c]
   evaluate = [c for c in commands if "--mode" in c]
   names = [pathlib.Path(c[c.index("--workdir") + 1]).name for c in train]
-  assert names == ["baseline", "sn", "augment", "kl", "anneal", "short_chains", "jem", "all"]
+  assert names == ["baseline", "sn", "augment", "kl", "anneal", "short_chains", "short_run", "jem",
+                   "jem_short_run", "all"]
   assert len(evaluate) == len(train)
   seen = set()
   for t, e in zip(train, evaluate):
@@ -536,5 +537,18 @@ def test_ablation_script_trains_every_variant_for_the_same_budget_then_evaluates
     seen.add(tuple(sorted(overrides)))
     assert config.train.time_budget_s == 1800 and config.train.sample_every == 0
   assert len(seen) == len(train)                   # every variant differs
+  # the measured winners are the shipped configs: short_run is the default's chain and
+  # sampler, jem_short_run the :conditional variant's (the docstrings quote their figures)
+  budget = {"train.time_budget_s", "train.steps", "train.sample_every"}
+  for name, shipped in (("short_run", ""), ("jem_short_run", ":conditional")):
+    t = train[names.index(name)]
+    overrides = [a[len("--config."):] for a in t if a.startswith("--config.")]
+    measured = config_lib.load(str(ROOT / t[t.index("--config") + 1]), overrides)
+    default = config_lib.load(str(ROOT / t[t.index("--config") + 1]) + shipped, [])
+    for group in ("ebm", "model", "optim", "data"):
+      assert measured[group].to_dict() == default[group].to_dict(), (name, group)
+    assert {o.split("=")[0] for o in overrides} - budget <= {
+        "ebm.reinit_fraction", "ebm.sample_steps", "model.num_classes",
+        "ebm.conditional_sampling", "ebm.ce_weight"}
   bad = _dry_run(tmp_path, "baseline", "nonsense")
   assert bad.returncode == 2 and "nonsense" in bad.stderr
