@@ -26,7 +26,8 @@
 # stops rather than give it a second budget; delete it to start over).
 #
 # Variants (the options are documented in ebm/cd.py and configs/base.py):
-#   baseline      the default recipe (60 Langevin steps of 128 chains)
+#   baseline      the tutorial's persistent recipe (buffer, 5% restarts, 128
+#                 chains of 60 steps; samples from noise of 256 steps)
 #   sn            spectral normalisation of every kernel (IGEBM)
 #   augment       ICD's augmented buffer restarts: shift <= 2 px and noise
 #                 0.01 (no flips: Fashion-MNIST's shoes all face left)
@@ -38,12 +39,14 @@
 #   short_chains  more, shorter chains at the same number of energy
 #                 gradients per step: 256 chains of 30 steps
 #   short_run     non-persistent short-run MCMC (Nijkamp et al. 2019): every
-#                 chain starts from noise (reinit 1.0) and samples from noise
-#                 run the same 60 steps, so training sees exactly the chain
-#                 that sampling runs
-#   jem           JEM (configs/ebm_fashion_mnist.py:conditional's keys): 10
-#                 class energies, per-class buffer, cross-entropy weight 1
-#   all           all of the above but jem together
+#                 training chain starts from noise (reinit 1.0, 60 steps),
+#                 samples from noise run 80 steps; today's default
+#   jem           JEM: 10 class energies, per-class persistent buffer,
+#                 cross-entropy weight 1
+#   jem_short_run JEM on short-run chains; today's :conditional
+#   all           the persistent-recipe options above together
+# Every variant but short_run and jem_short_run pins the tutorial's persistent
+# buffer ($P below), the default before short_run won.
 # A further variant is one more line in VARIANTS below: `[name]="key=value ..."`
 # with config keys of configs/ebm_fashion_mnist.py (e.g. the class-conditional
 # keys of the JEM recipe).
