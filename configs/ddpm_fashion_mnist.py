@@ -2,9 +2,10 @@
 
 The course MNIST UNet (unet_small, width 16, 0.81M parameters, the same
 network as the course's PyTorch code), linear schedule with T = 1000,
-v-prediction (Salimans & Ho 2022; the network predicts v = √ᾱ ε − √(1−ᾱ) x0,
-every sampler gets ε from it). What differs from the course recipe (Adam 1e-3, batch 128,
-constant rate, raw weights, ancestral sampling, the simple loss) is chosen
+v-prediction (Salimans & Ho 2022; the network predicts
+v = √ᾱ ε − √(1−ᾱ) x0, every sampler gets ε from it). What differs from the
+course recipe (Adam 1e-3, batch 128, constant rate, raw weights, ancestral
+sampling, the simple loss, eps) is chosen
 for a short CPU budget: batch 64 (more updates per CPU second), Adam 2e-3
 with a 100-step warm-up and a cosine decay to 0 at the last step,
 global-norm clipping 1, EMA 0.995 with warm-up (so that it helps from the
@@ -25,9 +26,9 @@ steps/s) on 2026-12-01, when the machine ran ~3x slower (an older commit
 measured the same), and 1420 s (1.13 steps/s; 1754 s with compile,
 checkpoints and the final 1000-step grid) for the v-prediction run on
 2026-12-02, so time `--mode bench` before reading wall-clock figures.
-Final training loss ~0.02 (min-SNR-weighted v loss). docs/results.md's comparison table has the simple-loss
-default's FD-fmnist against the course code trained for 15 minutes on the
-same machine.
+Final training loss ~0.02 (min-SNR-weighted v loss). docs/results.md's
+comparison table has the simple-loss default's FD-fmnist against the course
+code trained for 15 minutes on the same machine.
 
 Train, then sample (what `make demo` runs):
   python -m launch --config configs/ddpm_fashion_mnist.py --workdir runs/ddpm_fashion_mnist

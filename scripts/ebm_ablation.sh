@@ -63,17 +63,24 @@ CONFIG=configs/ebm_fashion_mnist.py
 # The tutorial's persistent recipe, the default before short_run won: a replay
 # buffer with 5% restarts, samples from noise of 256 steps.
 P="ebm.reinit_fraction=0.05 ebm.sample_steps=256"
+S="ebm.reinit_fraction=1.0 ebm.sample_steps=80"      # short-run chains (today's default)
+JEM="model.num_classes=10 ebm.conditional_sampling=true ebm.ce_weight=1.0"
+SN="model.spectral_norm=true"
+AUGMENT="ebm.augment_shift=2 ebm.augment_noise=0.01"
+KL="ebm.kl_weight=1.0 ebm.entropy_weight=0.3 ebm.kl_chains=32"
+ANNEAL="ebm.anneal=geometric ebm.step_size_final_factor=0.1 ebm.noise_final_factor=0.1"
+SHORT_CHAINS="ebm.num_chains=256 ebm.langevin_steps=30"
 declare -A VARIANTS=(
   [baseline]="$P"
-  [sn]="$P model.spectral_norm=true"
-  [augment]="$P ebm.augment_shift=2 ebm.augment_noise=0.01"
-  [kl]="$P ebm.kl_weight=1.0 ebm.entropy_weight=0.3 ebm.kl_chains=32"
-  [anneal]="$P ebm.anneal=geometric ebm.step_size_final_factor=0.1 ebm.noise_final_factor=0.1"
-  [short_chains]="$P ebm.num_chains=256 ebm.langevin_steps=30"
-  [short_run]="ebm.reinit_fraction=1.0 ebm.sample_steps=80"
-  [jem]="$P model.num_classes=10 ebm.conditional_sampling=true ebm.ce_weight=1.0"
-  [jem_short_run]="ebm.reinit_fraction=1.0 ebm.sample_steps=80 model.num_classes=10 ebm.conditional_sampling=true ebm.ce_weight=1.0"
-  [all]="$P model.spectral_norm=true ebm.augment_shift=2 ebm.augment_noise=0.01 ebm.kl_weight=1.0 ebm.entropy_weight=0.3 ebm.kl_chains=32 ebm.anneal=geometric ebm.step_size_final_factor=0.1 ebm.noise_final_factor=0.1 ebm.num_chains=256 ebm.langevin_steps=30"
+  [sn]="$P $SN"
+  [augment]="$P $AUGMENT"
+  [kl]="$P $KL"
+  [anneal]="$P $ANNEAL"
+  [short_chains]="$P $SHORT_CHAINS"
+  [short_run]="$S"
+  [jem]="$P $JEM"
+  [jem_short_run]="$S $JEM"
+  [all]="$P $SN $AUGMENT $KL $ANNEAL $SHORT_CHAINS"
 )
 ORDER=(baseline sn augment kl anneal short_chains short_run jem jem_short_run all)
 

@@ -542,9 +542,9 @@ def test_ablation_script_trains_every_variant_for_the_same_budget_then_evaluates
   budget = {"train.time_budget_s", "train.steps", "train.sample_every"}
   for name, shipped in (("short_run", ""), ("jem_short_run", ":conditional")):
     t = train[names.index(name)]
+    path = str(ROOT / t[t.index("--config") + 1])
     overrides = [a[len("--config."):] for a in t if a.startswith("--config.")]
-    measured = config_lib.load(str(ROOT / t[t.index("--config") + 1]), overrides)
-    default = config_lib.load(str(ROOT / t[t.index("--config") + 1]) + shipped, [])
+    measured, default = config_lib.load(path, overrides), config_lib.load(path + shipped, [])
     for group in ("ebm", "model", "optim", "data"):
       assert measured[group].to_dict() == default[group].to_dict(), (name, group)
     assert {o.split("=")[0] for o in overrides} - budget <= {
