@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from configs import classifier_fashion_mnist
 from launch import config as config_lib
 from launch import data as data_lib
+from launch import figures
 from launch import train as train_lib
 from launch.config_errors import ConfigError
 from launch.eval import evaluate
@@ -206,6 +208,14 @@ def test_conditional_evaluation_records_the_independent_check(tmp_path_factory, 
     assert nn["num_samples"] == NUM_SAMPLES and nn["num_test"] == NUM_SAMPLES
     assert nn["num_train"] == min(config.data.num_examples, MOCK_EXAMPLES)
     assert 0 < nn["value"] <= 28 and nn["test_value"] == 0.0   # mock data: test == train
+    # The scored samples themselves, 10 to a row, next to eval.json.
+    fd = r["fd_fmnist"]
+    path = evaluate.scored_grid_path(workdir, fd)
+    assert path.name == f"{protocol}_{fd['sampler']}{fd['steps']}.png"
+    grid = np.asarray(Image.open(path))
+    tiles = figures.image_grid(np.zeros((min(NUM_SAMPLES, evaluate.GRID_SIZE), 32, 32, 1),
+                                        np.uint8), nrow=10)
+    assert grid.shape[:2] == figures.upscale_nearest(tiles).shape[:2] and grid.std() > 0
   # Unset: skipped, and said so.
   config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **dict(overrides, **{"eval.independent_workdir": ""}))

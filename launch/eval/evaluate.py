@@ -4,6 +4,8 @@
 
 `eval.json` is a list of records, one per number: {"metric", "value", and the
 protocol fields that produced it}; a table of them is printed too.
+The first 100 scored samples of each sampling protocol are saved as
+`WORKDIR/eval_samples/<protocol>_<sampler><steps>.png` (10 to a row).
 
 Per task:
   classifier  accuracy on the evaluation split (EMA weights), and the
@@ -563,6 +565,31 @@ def _sampling_settings(task) -> list[tuple[str, dict, bool]]:
   return settings
 
 
+GRID_SIZE = 100   # the first samples of each scored set, 10 per row
+
+
+def scored_grid_path(workdir, fields: dict) -> epath.Path:
+  """WORKDIR/eval_samples/<protocol>_<sampler><steps>[_<weights>].png of a scored set."""
+  name = f"{fields['protocol']}_{fields['sampler']}{fields['steps']}"
+  if fields.get("weights") == "raw":
+    name += "_raw"
+  return epath.Path(workdir) / "eval_samples" / f"{name}.png"
+
+
+def save_scored_grid(workdir, fields: dict, uint8: np.ndarray) -> None:
+  """Saves the first `GRID_SIZE` of the scored uint8 samples, 10 to a row.
+
+  These are the images the numbers were computed from (after the uint8
+  round trip), so a score can be read next to the samples it scores; with
+  labels cycling 0..9, column k holds class k.
+  """
+  if jax.process_index() != 0:
+    return
+  path = scored_grid_path(workdir, fields)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  figures.save_grid(figures.image_grid(uint8[:GRID_SIZE], nrow=10), path)
+
+
 def _evaluate_generative(config, workdir, run, state) -> list[dict]:
   task = run.task
   step = int(jax.device_get(state.step))
@@ -601,6 +628,7 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
               **task.describe_sampling({k: v for k, v in options.items() if k != "label"}),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
               "uint8_roundtrip": True, **checked}
+    save_scored_grid(workdir, fields, uint8)
     if labels is not None:
       fields["labels"] = "cycling 0..9"
     elif "label" in options:
