@@ -1,40 +1,40 @@
-"""DDPM on Fashion-MNIST (padded to 32x32): the CPU-friendly default.
+"""DDPM on Fashion-MNIST at its own 28x28: the CPU-friendly default.
 
 The course MNIST UNet (unet_small, width 16, 0.81M parameters, the same
-network as the course's PyTorch code), linear schedule with T = 1000,
-v-prediction (Salimans & Ho 2022; the network predicts
-v = √ᾱ ε − √(1−ᾱ) x0, every sampler gets ε from it). What differs from the
-course recipe (Adam 1e-3, batch 128, constant rate, raw weights, ancestral
-sampling, the simple loss, eps) is chosen
-for a short CPU budget: batch 64 (more updates per CPU second), Adam 2e-3
-with a 100-step warm-up and a cosine decay to 0 at the last step,
-global-norm clipping 1, EMA 0.995 with warm-up (so that it helps from the
-first hundreds of steps), and min-SNR-5 loss weights (Hang et al. 2023,
-`diffusion.min_snr_gamma`). The default sampler is the ancestral one
-(Algorithm 2, 1000 steps, x0 clipped).
+network as the course's PyTorch code), run at 28x28 (28 -> 14 -> 7) rather
+than padded to 32x32, linear schedule with T = 1000, v-prediction (Salimans &
+Ho 2022; the network predicts v = √ᾱ ε − √(1−ᾱ) x0, every sampler gets ε
+from it) and min-SNR-5 loss weights (Hang et al. 2023,
+`diffusion.min_snr_gamma`). What else differs from the course recipe (Adam
+1e-3, batch 128, constant rate, raw weights, ancestral sampling, the simple
+loss, eps, 32x32) is chosen for a short CPU budget: batch 64 (more updates
+per CPU second), Adam 2e-3 with a 100-step warm-up and a cosine decay to 0
+at the last step, global-norm clipping 1, EMA 0.995 with warm-up (so that it
+helps from the first hundreds of steps). The default sampler is the
+ancestral one (Algorithm 2, 1000 steps, x0 clipped); DPM-Solver++(2M) with
+20 steps (`--config.sample.sampler=dpmpp_2m --config.sample.steps=20`)
+scores the same.
 
-Min-SNR-5 and then v-prediction were adopted from docs/ablation.md: at the
-same 1600 steps, FD-fmnist (DDIM-100, n = 1000) went 9.22 (simple loss,
-eps) -> 7.25 (min-SNR-5) -> 6.15 (min-SNR-5 + v), the independent network's
-FD 13.27 -> 11.23 -> 5.36, the class entropy 0.947 -> 0.964 -> 0.983
-(independent: 0.949 -> 0.962 -> 0.985). DPM-Solver++(2M) with 20 steps:
-5.91 (FD-fmnist) and 5.32 (independent) for the current default.
+Each change was adopted from docs/ablation.md (n = 1000, FD-fmnist under
+DDIM-100, then the independent network's FD): the simple loss 9.22 / 13.27
+(1600 steps, 32x32) -> min-SNR-5 7.25 / 11.23 -> + v 6.15 / 5.36 -> 28x28
+at 2400 steps 3.93 / 3.26, class entropy 0.993 / 0.994 (DPM-Solver++-20:
+3.95 / 3.36).
 
-Budget: 1600 steps of batch 64. Measured on 2 quiet CPU cores: 673 s of
-training loop (2.4 steps/s) when docs/results.md was made; 2000 s (0.80
-steps/s) on 2026-12-01, when the machine ran ~3x slower (an older commit
-measured the same), and 1420 s (1.13 steps/s; 1754 s with compile,
-checkpoints and the final 1000-step grid) for the v-prediction run on
-2026-12-02, so time `--mode bench` before reading wall-clock figures.
-Final training loss ~0.02 (min-SNR-weighted v loss). docs/results.md's
-comparison table has the simple-loss default's FD-fmnist against the course
-code trained for 15 minutes on the same machine.
+Budget: 2400 steps of batch 64. Measured alone on 2 CPU cores on
+2026-12-02: 1896 s of training loop (1.27 steps/s), 2163 s with compile,
+checkpoints and the final 1000-step grid. That day the machine ran the
+32x32 default at 1.14 steps/s, against 2.38 when docs/results.md's
+15-minute runs were made (1600 steps in 673 s), so these 2400 steps are
+about 15 minutes of that machine; time `--mode bench` before reading
+wall-clock figures. Final training loss ~0.023 (min-SNR-weighted v loss).
 
 Train, then sample (what `make demo` runs):
   python -m launch --config configs/ddpm_fashion_mnist.py --workdir runs/ddpm_fashion_mnist
   python -m launch --config configs/ddpm_fashion_mnist.py --workdir runs/ddpm_fashion_mnist --mode sample
-DDIM, 100 steps (10x faster):
-  ... --mode sample --config.sample.sampler=ddim --config.sample.steps=100
+DPM-Solver++(2M), 20 steps (50x fewer network calls):
+  ... --mode sample --config.sample.sampler=dpmpp_2m --config.sample.steps=20
+The course's 32x32 input: --config.data.pad_to_32=true.
 
 Variants (`--config configs/ddpm_fashion_mnist.py:ARG`):
   conditional  class-conditional (label embedding at every level, as the course's
@@ -54,7 +54,7 @@ def get_config(arg=None):
   c = base.get_base()
   c.task = "ddpm"
   c.data.name = "fashion_mnist"
-  c.data.pad_to_32 = True
+  c.data.pad_to_32 = False              # 28x28 (docs/ablation.md)
   c.model.name = "unet_small"
   c.model.ch = 16
   c.model.num_heads = 4
@@ -69,7 +69,7 @@ def get_config(arg=None):
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.995
   c.optim.ema_warmup = True
-  c.train.steps = 1600
+  c.train.steps = 2400
   c.train.batch_size = 64
   c.train.log_every = 50
   c.train.ckpt_every = 300

@@ -6,8 +6,11 @@
 # histogram, and the independent check (docs/evaluation.md); no bits/dim (eval.nll_images=0).
 # Usage: bash scripts/ddpm_ablation.sh NAME STEPS [--config.key=value ...]
 # Needs runs/classifier_fashion_mnist and runs/classifier_independent
-# (docs/evaluation.md). Set EVAL_ONLY=1 to score an existing workdir. Results:
-# runs/ablation/NAME/eval_dpmpp20.json (both protocols) and train_seconds.txt.
+# (docs/evaluation.md). Set EVAL_ONLY=1 to score an existing workdir, and
+# ANCESTRAL=1 to score the 1000-step ancestral sampler too (slow: ~1000
+# network calls per sample). CONFIG=path[:variant] picks another config.
+# Results: runs/ablation/NAME/eval_dpmpp20.json (both protocols),
+# eval_ancestral.json and train_seconds.txt.
 set -euo pipefail
 name=$1; steps=$2; shift 2
 cfg=${CONFIG:-configs/ddpm_fashion_mnist.py}
@@ -28,3 +31,6 @@ ev() {  # sampler steps tag
 }
 # evaluate always adds the pinned protocol (DDIM eta 0, 100 steps) to the config's sampler
 tag=dpmpp20 ev --config.train.steps="$steps" "$@" --config.sample.sampler=dpmpp_2m --config.sample.steps=20
+if [[ -n "${ANCESTRAL:-}" ]]; then
+  tag=ancestral ev --config.train.steps="$steps" "$@" --config.sample.sampler=ancestral --config.sample.steps=0
+fi

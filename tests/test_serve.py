@@ -166,7 +166,7 @@ def test_models_describes_tasks_shapes_classes_samplers_and_limits(client):
   assert set(models) == set(SMOKE)
   ddpm, cond, ebm = models["ddpm"], models["cond"], models["ebm"]
   assert (ddpm["task"], ddpm["dataset"], ddpm["image_shape"]) == ("ddpm", "fashion_mnist",
-                                                                  [32, 32, 1])
+                                                                  [28, 28, 1])
   assert not ddpm["conditional"] and ddpm["classes"] == [] and not ddpm["guidance"]
   assert {s["name"]: (s["steps_min"], s["steps_max"]) for s in ddpm["samplers"]} == {
       "ancestral": (T, T), "deterministic": (T, T), "ddim": (1, T),
@@ -233,7 +233,7 @@ def test_generate_png_grid(client):
   r = client.post("/generate", json={"model": "ddpm", "num_images": 4, "seed": 3})
   assert r.status_code == 200 and r.headers["content-type"] == "image/png"
   grid = _png(r.content)
-  assert grid.shape == (2 * 34 + 2, 2 * 34 + 2) and grid.dtype == np.uint8  # 2x2 tiles, gray
+  assert grid.shape == (2 * 30 + 2, 2 * 30 + 2) and grid.dtype == np.uint8  # 2x2 28x28 tiles, gray
   assert r.headers["x-seed"] == "3" and r.headers["x-model"] == "ddpm"
   assert (r.headers["x-sampler"], r.headers["x-steps"], r.headers["x-num-images"]) == (
       "ancestral", str(T), "4")
