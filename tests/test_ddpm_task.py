@@ -296,3 +296,16 @@ def test_bfloat16_compute_is_a_config_option():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
   _, metrics = jax.eval_shape(task.train_step, state, batch, jax.random.key(1))
   assert metrics["loss"].dtype == jnp.float32
+
+
+def test_fashion_mnist_conditional_variant_keeps_the_default_recipe():
+  """`:conditional` was measured with the default's data, loss, optimiser and steps
+  (docs/ablation.md, rows v_msnr5_28 and cond_v_28): only the conditioning differs."""
+  default = _config("ddpm_fashion_mnist").to_dict()
+  conditional = _config("ddpm_fashion_mnist", "conditional").to_dict()
+  for group in ("data", "optim", "train", "model", "diffusion", "sample"):
+    differ = {k for k in default[group] if default[group][k] != conditional[group][k]}
+    assert differ == {"model": {"conditional"}, "diffusion": {"class_dropout"},
+                      "sample": {"guidance"}}.get(group, set()), (group, differ)
+  assert (conditional["diffusion"]["objective"], conditional["data"]["pad_to_32"],
+          conditional["sample"]["guidance"]) == ("v", False, 3.0)
