@@ -13,24 +13,25 @@
 # eval_ancestral.json and train_seconds.txt.
 set -euo pipefail
 name=$1; steps=$2; shift 2
+overrides=(--config.train.steps="$steps" "$@")
 cfg=${CONFIG:-configs/ddpm_fashion_mnist.py}
 wd=runs/ablation/$name
 py=${PY:-.venv/bin/python}
 mkdir -p "$wd"
 if [[ -z "${EVAL_ONLY:-}" ]]; then
   start=$(date +%s)
-  $py -m launch --config "$cfg" --workdir "$wd" --config.train.steps="$steps" "$@" > "$wd/train.out" 2>&1
+  $py -m launch --config "$cfg" --workdir "$wd" "${overrides[@]}" > "$wd/train.out" 2>&1
   echo $(( $(date +%s) - start )) > "$wd/train_seconds.txt"
 fi
-ev() {  # sampler steps tag
-  $py -m launch --config "$cfg" --workdir "$wd" --mode evaluate "$@" \
+ev() {  # the sampler's overrides; tag names the output
+  $py -m launch --config "$cfg" --workdir "$wd" --mode evaluate "${overrides[@]}" "$@" \
     --config.eval.classifier_workdir=runs/classifier_fashion_mnist --config.eval.num_samples=1000 \
     --config.eval.independent_workdir=runs/classifier_independent --config.eval.nll_images=0 \
     > "$wd/eval_$tag.out" 2>&1
   cp "$wd/eval.json" "$wd/eval_$tag.json"
 }
 # evaluate always adds the pinned protocol (DDIM eta 0, 100 steps) to the config's sampler
-tag=dpmpp20 ev --config.train.steps="$steps" "$@" --config.sample.sampler=dpmpp_2m --config.sample.steps=20
+tag=dpmpp20 ev --config.sample.sampler=dpmpp_2m --config.sample.steps=20
 if [[ -n "${ANCESTRAL:-}" ]]; then
-  tag=ancestral ev --config.train.steps="$steps" "$@" --config.sample.sampler=ancestral --config.sample.steps=0
+  tag=ancestral ev --config.sample.sampler=ancestral --config.sample.steps=0
 fi
