@@ -355,8 +355,8 @@ def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str, *, rho: f
 
 def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: int = 2,
                             solver_type: str = "midpoint", final_sigma: str = "zero",
-                            lower_order_final: bool = True,
-                            euler_at_final: bool = False) -> dict[str, np.ndarray]:
+                            lower_order_final: bool = True, euler_at_final: bool = False,
+                            sde: bool = False) -> dict[str, np.ndarray]:
   """Float64 per-step coefficients of the multistep DPM-Solver++ (Lu et al. 2022b).
 
   Step i goes from s = t_i to the next level u (t_{i+1}; after the last step
@@ -369,7 +369,14 @@ def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: in
       B = alpha_u ((e^{-h} - 1) / h + 1) (diffusers' solver_type="heun");
     order 3 (3M): the third-order multistep update of diffusers'
       multistep_dpm_solver_third_order_update (and of the authors' code).
-  Every update is written x_u = c_x x_s + c_0 m0 + c_1 (m0 - m1) + c_2 (m1 - m2).
+  sde = True gives SDE-DPM-Solver++ (the same paper's solvers of the reverse
+  diffusion SDE in the data-prediction form, orders 1 and 2; diffusers'
+  algorithm_type="sde-dpmsolver++"), with A2 = alpha_u (1 - e^{-2h}):
+    order 1: x_u = sigma_u / sigma_s e^{-h} x_s + A2 m0 + sigma_u sqrt(1 - e^{-2h}) z;
+    order 2: adds A2 / 2 D1 ("midpoint") or alpha_u ((1 - e^{-2h}) / (-2h) + 1) D1
+      ("heun"), z ~ N(0, I) fresh at every step.
+  Every update is written x_u = c_x x_s + c_0 m0 + c_1 (m0 - m1) + c_2 (m1 - m2)
+  + c_n z (c_n = 0 for the ODE).
   The order of step i is min(order, i + 1), lowered as diffusers' `step` does:
   the last step is first order when final_sigma = "zero" (h is infinite there
   and x_u = x0_hat), with euler_at_final, or with lower_order_final and N < 15;
@@ -384,13 +391,16 @@ def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: in
     final_sigma: "zero" or "sigma_min".
     lower_order_final: see above.
     euler_at_final: see above.
+    sde: the SDE solver (order 1 or 2) instead of the ODE one.
 
   Returns:
     dict of float64 [N] arrays: alpha and sigma (alpha_s, sigma_s of the step's
-    input, to form x0_hat), c_x, c_0, c_1, c_2.
+    input, to form x0_hat), c_x, c_0, c_1, c_2, c_n.
   """
   if order not in (1, 2, 3):
     raise ValueError(f"order must be 1, 2 or 3, got {order}")
+  if sde and order == 3:
+    raise ValueError("the SDE solver has orders 1 and 2 (DPM-Solver++'s SDE-2M), got 3")
   if solver_type not in DPM_SOLVER_TYPES:
     raise ValueError(f"unknown solver_type {solver_type!r}; allowed: {DPM_SOLVER_TYPES}")
   if final_sigma not in DPM_FINAL_SIGMAS:
@@ -410,7 +420,7 @@ def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: in
   alpha_next = np.append(alpha[1:], alpha_u)
   sigma_next = np.append(sigma[1:], sigma_u)
   lam_next = np.append(lam[1:], lam_u)
-  coefs = {k: np.zeros(n) for k in ("c_x", "c_0", "c_1", "c_2")}
+  coefs = {k: np.zeros(n) for k in ("c_x", "c_0", "c_1", "c_2", "c_n")}
   for i in range(n):
     step_order = min(order, i + 1)
     if i == n - 1 and (euler_at_final or (lower_order_final and n < 15) or final_sigma == "zero"):
@@ -421,9 +431,15 @@ def dpm_solver_coefficients(alpha_bars: np.ndarray, ts: np.ndarray, *, order: in
       coefs["c_0"][i] = alpha_next[i]
       continue
     h = lam_next[i] - lam[i]
-    a = alpha_next[i] * -np.expm1(-h)                     # alpha_u (1 - e^{-h})
-    b = alpha_next[i] * (np.expm1(-h) / h + 1.0)          # alpha_u ((e^{-h} - 1) / h + 1)
-    coefs["c_x"][i] = sigma_next[i] / sigma[i]
+    if sde:
+      a = alpha_next[i] * -np.expm1(-2.0 * h)             # alpha_u (1 - e^{-2h})
+      b = alpha_next[i] * (np.expm1(-2.0 * h) / (2.0 * h) + 1.0)
+      coefs["c_x"][i] = sigma_next[i] / sigma[i] * np.exp(-h)
+      coefs["c_n"][i] = sigma_next[i] * np.sqrt(-np.expm1(-2.0 * h))
+    else:
+      a = alpha_next[i] * -np.expm1(-h)                   # alpha_u (1 - e^{-h})
+      b = alpha_next[i] * (np.expm1(-h) / h + 1.0)        # alpha_u ((e^{-h} - 1) / h + 1)
+      coefs["c_x"][i] = sigma_next[i] / sigma[i]
     coefs["c_0"][i] = a
     if step_order == 2:
       r0 = (lam[i] - lam[i - 1]) / h
@@ -443,7 +459,7 @@ def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: ja
                       solver_type: str = "midpoint", final_sigma: str = "zero",
                       lower_order_final: bool = True, euler_at_final: bool = False,
                       rho: float = 7.0, sigma_max: float | None = None,
-                      clip_x0: bool = False, capture_every: int = 0):
+                      clip_x0: bool = False, sde: bool = False, capture_every: int = 0):
   """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", Algorithm 2 = 2M).
 
   The data-prediction exponential integrator of the probability-flow ODE: at
@@ -455,12 +471,15 @@ def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: ja
   final_sigmas_type "zero", lower_order_final): with final_sigma = "zero" the
   last step returns x0_hat at t_{N-1}. x_T is the sample at t_0 (T - 1 for
   every spacing but "leading" and a lowered Karras sigma_max, as in diffusers).
+  With sde = True it is SDE-DPM-Solver++(2M) (diffusers' "sde-dpmsolver++"):
+  the reverse SDE's multistep solver, which injects fresh noise at every step
+  like the ancestral sampler (step i's noise from fold_in(key, i)).
 
   Args:
     eps_fn: (x_t, t [B] int32) -> eps_hat.
     schedule: the noise schedule (concrete tables).
     x_T: [B, H, W, C] starting noise.
-    key: unused (the common sampler signature).
+    key: PRNG key of the per-step noise (read only with sde).
     num_steps: N (= NFE).
     order: 1 (DDIM on these timesteps), 2 (2M) or 3 (3M).
     spacing: "linspace", "leading", "trailing" or "karras" (`solver_timesteps`).
@@ -472,30 +491,33 @@ def dpm_solver_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: ja
     rho, sigma_max: the Karras spacing's parameters.
     clip_x0: clip every x0_hat to [-1, 1] (diffusers' thresholding with
       sample_max_value = 1).
+    sde: SDE-DPM-Solver++ (orders 1 and 2) instead of the ODE solver.
     capture_every: see the module docstring.
 
   Returns:
     x_0 [B, H, W, C], or (x_0, trajectory) when capture_every > 0.
   """
-  del key
   if spacing not in DPM_SPACINGS:
     raise ValueError(f"unknown spacing {spacing!r}; allowed: {DPM_SPACINGS}")
   ts = solver_timesteps(schedule, num_steps, spacing, rho=rho, sigma_max=sigma_max)
   coefs = dpm_solver_coefficients(_alpha_bars_f64(schedule), ts, order=order,
                                   solver_type=solver_type, final_sigma=final_sigma,
                                   lower_order_final=lower_order_final,
-                                  euler_at_final=euler_at_final)
-  xs = (jnp.asarray(ts), {k: jnp.asarray(v, x_T.dtype) for k, v in coefs.items()})
+                                  euler_at_final=euler_at_final, sde=sde)
+  xs = (jnp.arange(len(ts), dtype=jnp.int32), jnp.asarray(ts),
+        {k: jnp.asarray(v, x_T.dtype) for k, v in coefs.items()})
 
   def step(carry, s):
     x, m1, m2 = carry
-    t, c = s
+    i, t, c = s
     eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
     m0 = (x - c["sigma"] * eps) / c["alpha"]
     if clip_x0:
       m0 = jnp.clip(m0, -1.0, 1.0)
     # The differences keep the second- and third-order terms accurate in float32.
     x = c["c_x"] * x + c["c_0"] * m0 + c["c_1"] * (m0 - m1) + c["c_2"] * (m1 - m2)
+    if sde:
+      x = x + c["c_n"] * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
     return x, m0, m1
 
   zeros = jnp.zeros_like(x_T)
@@ -814,6 +836,13 @@ SAMPLERS: dict[str, SamplerRule] = {
         run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
             eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
             clip_x0=spec.clip_x0, capture_every=capture_every),
+        timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
+        options=("steps",), default_steps=20),
+    # SDE-DPM-Solver++(2M): the same timesteps, fresh noise at every step.
+    "dpmpp_2m_sde": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
+            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
+            clip_x0=spec.clip_x0, sde=True, capture_every=capture_every),
         timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
         options=("steps",), default_steps=20),
     "heun": SamplerRule(

@@ -192,6 +192,9 @@ def test_spec_labels():
     (dict(sampler="dpmpp_2m"),
      lambda e, s, x, k: samplers.dpm_solver_sample(e, s, x, k, num_steps=20, order=2,
                                                    spacing="linspace", clip_x0=True)),
+    (dict(sampler="dpmpp_2m_sde", steps=9),
+     lambda e, s, x, k: samplers.dpm_solver_sample(e, s, x, k, num_steps=9, order=2,
+                                                   spacing="linspace", clip_x0=True, sde=True)),
     (dict(sampler="heun", steps=6, clip_x0=False),
      lambda e, s, x, k: samplers.heun_sample(e, s, x, k, num_steps=6, spacing="linspace")),
 ])
@@ -255,6 +258,10 @@ def test_ode_solvers_step_rule():
   assert samplers.SamplingSpec(sampler="heun", num_timesteps=1000).validate().num_steps == 10
   assert samplers.SamplingSpec(sampler="dpmpp_2m", num_timesteps=8).validate().num_steps == 7
   samplers.SamplingSpec(sampler="dpmpp_2m", steps=999, num_timesteps=1000).validate()
+  assert samplers.SamplingSpec(sampler="dpmpp_2m_sde", num_timesteps=1000).validate(
+      ).num_steps == 20
+  with pytest.raises(samplers.SpecError, match="steps"):
+    samplers.SamplingSpec(sampler="dpmpp_2m_sde", steps=1000, num_timesteps=1000).validate()
   with pytest.raises(samplers.SpecError, match="steps"):
     samplers.SamplingSpec(sampler="dpmpp_2m", steps=1000, num_timesteps=1000).validate()
   with pytest.raises(samplers.SpecError, match="steps"):

@@ -44,6 +44,7 @@ SMOKE = {
 }
 BUCKETS = (4, 16)
 T = 20
+ODE_LIKE = ("dpmpp_2m", "dpmpp_2m_sde", "heun")   # the DPM-Solver / Heun samplers: steps < T
 
 _SHARED: dict[str, object] = {}
 
@@ -170,7 +171,7 @@ def test_models_describes_tasks_shapes_classes_samplers_and_limits(client):
   assert not ddpm["conditional"] and ddpm["classes"] == [] and not ddpm["guidance"]
   assert {s["name"]: (s["steps_min"], s["steps_max"]) for s in ddpm["samplers"]} == {
       "ancestral": (T, T), "deterministic": (T, T), "ddim": (1, T),
-      "dpmpp_2m": (1, T - 1), "heun": (1, T - 1)}
+      "dpmpp_2m": (1, T - 1), "dpmpp_2m_sde": (1, T - 1), "heun": (1, T - 1)}
   ddim = next(s for s in ddpm["samplers"] if s["name"] == "ddim")
   assert ddim["steps_choices"] == sorted(
       {v for v in serve_models.STEP_CHOICES if v <= T} | {ddim["steps_default"]})
@@ -402,7 +403,8 @@ def test_integer_steps_cause_a_known_number_of_programs(app, batcher, monkeypatc
         programs[m.name].add((static, bucket)), np.zeros((bucket, *m.image_shape),
                                                           np.float32))[1])
   bodies = [{"model": "ddpm", "num_images": 1, "sampler": sampler, "steps": steps}
-            for sampler in ("ddim", "dpmpp_2m", "heun") for steps in range(1, T + 1)]
+            for sampler in ("ddim", "dpmpp_2m", "dpmpp_2m_sde", "heun")
+            for steps in range(1, T + 1)]
   bodies += [{"model": "ebm", "num_images": 1, "steps": steps} for steps in range(1, 1025)]
   responses = []
   for start in range(0, len(bodies), 25):
@@ -412,9 +414,9 @@ def test_integer_steps_cause_a_known_number_of_programs(app, batcher, monkeypatc
     assert r.status_code in (200, 422), r.text
     if r.status_code == 422:  # not a choice, or T for an ODE solver (at most T - 1)
       assert r.json()["field"] == "steps", r.text
-      assert b["steps"] not in choices or (b.get("sampler") in ("dpmpp_2m", "heun") and
+      assert b["steps"] not in choices or (b.get("sampler") in ODE_LIKE and
                                            b["steps"] == T), r.text
-  assert 3 * 10 <= len(programs["ddpm"]) <= 3 * (len(choices) + 1), len(programs["ddpm"])
+  assert 4 * 10 <= len(programs["ddpm"]) <= 4 * (len(choices) + 1), len(programs["ddpm"])
   assert 10 <= len(programs["ebm"]) <= len(choices) + 1, len(programs["ebm"])
 
 

@@ -132,6 +132,9 @@ def test_ddpm_with_random_weights_image_bytes_do_not_depend_on_bucket_or_batch(r
   """The fast version of the test above (the old whole-bucket vmap failed it: 7% differed)."""
   assert _check_batch_independence(random_ddpm, {"sampler": "ddim", "steps": 2, "eta": 0.7},
                                    seed_base=0, num_seeds=32) >= 600
+  # The SDE solver draws fresh noise at every step, as the ancestral sampler does.
+  assert _check_batch_independence(random_ddpm, {"sampler": "dpmpp_2m_sde", "steps": 3},
+                                   seed_base=100, num_seeds=16) >= 250
 
 
 def test_ebm_image_bytes_do_not_depend_on_bucket_or_batch(ebm):

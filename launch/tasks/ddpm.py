@@ -24,8 +24,11 @@ config.sample and validated there) and `use_ema` (config.sample.use_ema):
 sample with, and `task.sample(params, key, num)` samples with the spec.
 Options given to `sample` replace the spec's fields for that call:
   sampler        "ancestral" (Algorithm 2), "deterministic" (Algorithm 2
-                 with z = 0) or "ddim".
-  steps          DDIM steps (0 = T); the other samplers take all T steps.
+                 with z = 0), "ddim", "dpmpp_2m" (DPM-Solver++(2M)),
+                 "dpmpp_2m_sde" (SDE-DPM-Solver++(2M)) or "heun" (EDM's
+                 Heun): the names of `ddpm.samplers.SAMPLERS`.
+  steps          the chain length of DDIM and the solvers (0 = their
+                 default); ancestral and deterministic take all T steps.
   eta            DDIM stochasticity in [0, 1].
   spacing        DDIM timestep spacing, "uniform" or "quadratic".
   variance       sigma_t^2 of the ancestral samplers: "beta" or "beta_tilde".
