@@ -2,15 +2,16 @@
 # The DDPM recipe ablation of docs/ablation.md: each variant of the
 # Fashion-MNIST default trained for the same number of steps (same network,
 # so the same compute), then scored with the pinned protocol (DDIM eta 0,
-# 100 steps, 1000 samples) and DPM-Solver++(2M) 20 steps, FD-fmnist + class
-# histogram, and the independent check (docs/evaluation.md); no bits/dim (eval.nll_images=0).
+# 100 steps, 1000 samples), DPM-Solver++(2M) 20 steps and SDE-DPM-Solver++(2M)
+# 20 steps, FD-fmnist + class histogram, and the independent check
+# (docs/evaluation.md); no bits/dim (eval.nll_images=0).
 # Usage: bash scripts/ddpm_ablation.sh NAME STEPS [--config.key=value ...]
 # Needs runs/classifier_fashion_mnist and runs/classifier_independent
 # (docs/evaluation.md). Set EVAL_ONLY=1 to score an existing workdir, and
 # ANCESTRAL=1 to score the 1000-step ancestral sampler too (slow: ~1000
 # network calls per sample). CONFIG=path[:variant] picks another config.
-# Results: runs/ablation/NAME/eval_dpmpp20.json (both protocols),
-# eval_ancestral.json and train_seconds.txt.
+# Results: runs/ablation/NAME/eval_dpmpp20.json (with the pinned protocol),
+# eval_sde20.json, eval_ancestral.json and train_seconds.txt.
 set -euo pipefail
 name=$1; steps=$2; shift 2
 overrides=(--config.train.steps="$steps" "$@")
@@ -32,6 +33,7 @@ ev() {  # the sampler's overrides; tag names the output
 }
 # evaluate always adds the pinned protocol (DDIM eta 0, 100 steps) to the config's sampler
 tag=dpmpp20 ev --config.sample.sampler=dpmpp_2m --config.sample.steps=20
+tag=sde20 ev --config.sample.sampler=dpmpp_2m_sde --config.sample.steps=20
 if [[ -n "${ANCESTRAL:-}" ]]; then
   tag=ancestral ev --config.sample.sampler=ancestral --config.sample.steps=0
 fi

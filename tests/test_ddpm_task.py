@@ -300,12 +300,15 @@ def test_bfloat16_compute_is_a_config_option():
 
 def test_fashion_mnist_conditional_variant_keeps_the_default_recipe():
   """`:conditional` was measured with the default's data, loss, optimiser and steps
-  (docs/ablation.md, rows v_msnr5_28 and cond_v_28): only the conditioning differs."""
+  (docs/ablation.md, rows v_msnr5_28 and cond_v_28): only the conditioning differs,
+  and the sampler, which is the one its figures were measured with."""
   default = _config("ddpm_fashion_mnist").to_dict()
   conditional = _config("ddpm_fashion_mnist", "conditional").to_dict()
   for group in ("data", "optim", "train", "model", "diffusion", "sample"):
     differ = {k for k in default[group] if default[group][k] != conditional[group][k]}
     assert differ == {"model": {"conditional"}, "diffusion": {"class_dropout"},
-                      "sample": {"guidance"}}.get(group, set()), (group, differ)
+                      "sample": {"guidance", "sampler"}}.get(group, set()), (group, differ)
   assert (conditional["diffusion"]["objective"], conditional["data"]["pad_to_32"],
           conditional["sample"]["guidance"]) == ("v", False, 3.0)
+  assert (default["sample"]["sampler"], conditional["sample"]["sampler"],
+          conditional["sample"]["steps"]) == ("dpmpp_2m_sde", "dpmpp_2m", 20)
