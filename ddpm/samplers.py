@@ -814,6 +814,16 @@ class SamplerRule:
   default_steps: int = 0
 
 
+def _dpm_solver_rule(sde: bool) -> SamplerRule:
+  """DPM-Solver++(2M) on diffusers' "linspace" timesteps (ODE, or SDE with sde)."""
+  return SamplerRule(
+      run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
+          eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
+          clip_x0=spec.clip_x0, sde=sde, capture_every=capture_every),
+      timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
+      options=("steps",), default_steps=20)
+
+
 SAMPLERS: dict[str, SamplerRule] = {
     "ancestral": SamplerRule(
         run=lambda eps_fn, schedule, x_T, key, spec, capture_every: ancestral_sample(
@@ -832,19 +842,9 @@ SAMPLERS: dict[str, SamplerRule] = {
     # The ODE solvers on T-only spacings (diffusers' defaults), so that the
     # step rule needs T alone: DPM-Solver++ 2M on "linspace", EDM's Heun on
     # "heun_linspace" (2N - 1 network calls for N steps).
-    "dpmpp_2m": SamplerRule(
-        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
-            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
-            clip_x0=spec.clip_x0, capture_every=capture_every),
-        timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
-        options=("steps",), default_steps=20),
+    "dpmpp_2m": _dpm_solver_rule(sde=False),
     # SDE-DPM-Solver++(2M): the same timesteps, fresh noise at every step.
-    "dpmpp_2m_sde": SamplerRule(
-        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: dpm_solver_sample(
-            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, order=2, spacing="linspace",
-            clip_x0=spec.clip_x0, sde=True, capture_every=capture_every),
-        timesteps=lambda t, s, _: ode_timesteps(t, s, "linspace")[::-1].copy(),
-        options=("steps",), default_steps=20),
+    "dpmpp_2m_sde": _dpm_solver_rule(sde=True),
     "heun": SamplerRule(
         run=lambda eps_fn, schedule, x_T, key, spec, capture_every: heun_sample(
             eps_fn, schedule, x_T, key, num_steps=spec.num_steps, spacing="linspace",

@@ -168,6 +168,27 @@ def test_ddim_steps_equal_ddim_scheduler(num_steps, eta, clip):
     x = traj[i].copy()
 
 
+def _dpm_reference(torch, ts, order, spacing, final_sigma, solver_type, clip,
+                   algorithm_type="dpmsolver++"):
+  """diffusers' DPMSolverMultistepScheduler on our timesteps (asserted equal to its
+  own) with our float64 sigmas (its float32 ones checked against them, rtol 1e-4,
+  except with "karras", where it keeps unrounded sigmas)."""
+  from diffusers import DPMSolverMultistepScheduler
+  ref = DPMSolverMultistepScheduler(
+      num_train_timesteps=T, trained_betas=BETAS, solver_order=order,
+      algorithm_type=algorithm_type,
+      timestep_spacing=spacing if spacing != "karras" else "linspace",
+      use_karras_sigmas=spacing == "karras", final_sigmas_type=final_sigma,
+      solver_type=solver_type, thresholding=clip, sample_max_value=1.0)
+  ref.set_timesteps(len(ts))
+  np.testing.assert_array_equal(ref.timesteps.numpy(), ts)
+  sigmas = np.append(S_EDM[ts], 0.0 if final_sigma == "zero" else S_EDM[0])
+  if spacing != "karras":
+    np.testing.assert_allclose(ref.sigmas.numpy(), sigmas, rtol=1e-4)
+  ref.sigmas = torch.from_numpy(sigmas)
+  return ref
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("num_steps, order, spacing, final_sigma, solver_type, clip", [
     (10, 2, "linspace", "zero", "midpoint", False),      # diffusers' defaults, N < 15
@@ -194,7 +215,6 @@ def test_dpm_solver_equals_dpm_solver_multistep_scheduler(num_steps, order, spac
   "midpoint", move x by > 1e-3 (measured).
   """
   torch = _torch()
-  from diffusers import DPMSolverMultistepScheduler
   with _x64():
     sched = _schedule64()
     ts = samplers.solver_timesteps(sched, num_steps, spacing)
@@ -203,17 +223,7 @@ def test_dpm_solver_equals_dpm_solver_multistep_scheduler(num_steps, order, spac
         _eps_fn(), sched, x, None, num_steps=num_steps, order=order, spacing=spacing,
         final_sigma=final_sigma, solver_type=solver_type, clip_x0=clip, capture_every=1))(x_T)
   traj = np.asarray(traj)
-  ref = DPMSolverMultistepScheduler(
-      num_train_timesteps=T, trained_betas=BETAS, solver_order=order,
-      timestep_spacing=spacing if spacing != "karras" else "linspace",
-      use_karras_sigmas=spacing == "karras", final_sigmas_type=final_sigma,
-      solver_type=solver_type, thresholding=clip, sample_max_value=1.0)
-  ref.set_timesteps(num_steps)
-  np.testing.assert_array_equal(ref.timesteps.numpy(), ts)
-  sigmas = np.append(S_EDM[ts], 0.0 if final_sigma == "zero" else S_EDM[0])
-  if spacing != "karras":
-    np.testing.assert_allclose(ref.sigmas.numpy(), sigmas, rtol=1e-4)
-  ref.sigmas = torch.from_numpy(sigmas)
+  ref = _dpm_reference(torch, ts, order, spacing, final_sigma, solver_type, clip)
   x = x_T
   for i, t in enumerate(ts):
     out = ref.step(torch.from_numpy(_eps_np(x, int(t))), int(t), torch.from_numpy(x))
@@ -241,7 +251,6 @@ def test_sde_dpm_solver_equals_sde_dpmsolver_multistep_scheduler(num_steps, spac
   index cannot pass.
   """
   torch = _torch()
-  from diffusers import DPMSolverMultistepScheduler
   key = jax.random.key(7)
   with _x64():
     sched = _schedule64()
@@ -254,15 +263,8 @@ def test_sde_dpm_solver_equals_sde_dpmsolver_multistep_scheduler(num_steps, spac
         final_sigma=final_sigma, solver_type=solver_type, clip_x0=clip, sde=True,
         capture_every=1))(x_T)
   traj = np.asarray(traj)
-  ref = DPMSolverMultistepScheduler(
-      num_train_timesteps=T, trained_betas=BETAS, solver_order=2,
-      algorithm_type="sde-dpmsolver++",
-      timestep_spacing=spacing if spacing != "karras" else "linspace",
-      use_karras_sigmas=spacing == "karras", final_sigmas_type=final_sigma,
-      solver_type=solver_type, thresholding=clip, sample_max_value=1.0)
-  ref.set_timesteps(num_steps)
-  np.testing.assert_array_equal(ref.timesteps.numpy(), ts)
-  ref.sigmas = torch.from_numpy(np.append(S_EDM[ts], 0.0 if final_sigma == "zero" else S_EDM[0]))
+  ref = _dpm_reference(torch, ts, 2, spacing, final_sigma, solver_type, clip,
+                       algorithm_type="sde-dpmsolver++")
   x = x_T
   for i, t in enumerate(ts):
     z = noise[i].astype(np.float32).astype(np.float64)
