@@ -406,6 +406,25 @@ def _energy_grad_flops(run, batch: int) -> float | None:
   return flops * run.mesh.devices.size if flops else None
 
 
+def sampling_chains(config, task, bs: BenchSettings) -> list[tuple[str, Any, int, dict[str, Any]]]:
+  """The chains `--mode bench` times: (name, task, network calls, `task.sample` options).
+
+  The ancestral chain runs bench.sample_steps steps (0 = all T; fewer build a
+  task with a T-step schedule) and DDIM bench.ddim_steps. Each names its
+  sampler explicitly: the config's own sampler (e.g. a 20-step solver) must not
+  stand in for them.
+  """
+  num_timesteps = task.schedule.num_timesteps
+  steps = bs.sample_steps or num_timesteps
+  chain_task = task if steps == num_timesteps else tasks.build(_variant(config, {
+      "diffusion.num_timesteps": steps, "sample.sampler": "ancestral", "sample.steps": 0}))
+  chains = [("ancestral", chain_task, steps, {"sampler": "ancestral", "steps": 0})]
+  if bs.ddim_steps:
+    ddim = min(bs.ddim_steps, num_timesteps)
+    chains.append(("ddim", task, ddim, {"sampler": "ddim", "steps": ddim}))
+  return chains
+
+
 def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
                          ) -> list[dict[str, Any]]:
   """Forward pass, ancestral chain and DDIM chain at bench.sample_batch."""
@@ -443,15 +462,7 @@ def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
   records += _flops_records("sample.forward", fwd,
                             {config.model.dtype: peaks[config.model.dtype]}, settings)
 
-  chains = []
-  steps = bs.sample_steps or num_timesteps
-  chain_task = task if steps == num_timesteps else tasks.build(_variant(config, {
-      "diffusion.num_timesteps": steps, "sample.sampler": "ancestral", "sample.steps": 0}))
-  chains.append(("ancestral", chain_task, steps, {}))
-  if bs.ddim_steps:
-    ddim = min(bs.ddim_steps, num_timesteps)
-    chains.append(("ddim", task, ddim, {"sampler": "ddim", "steps": ddim}))
-  for sampler, chain_task_, n, options in chains:
+  for sampler, chain_task_, n, options in sampling_chains(config, task, bs):
     fn = jax.jit(lambda p, k, x, ct=chain_task_, o=options: ct.sample(p, k, batch, noise=x, **o),
                  in_shardings=(repl, repl, data), out_shardings=data)
     m = _measure(f"{sampler} chain", fn, (params, key, noise), repeats=bs.repeats,

@@ -16,6 +16,7 @@ import pytest
 
 from launch import bench
 from launch import config as config_lib
+from launch import tasks
 from launch.config_errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -68,6 +69,22 @@ def ebm_records(tmp_path_factory):
   records = bench.bench_workdir(config, str(workdir))
   assert json.loads((workdir / "bench.json").read_text()) == records
   return records
+
+
+@pytest.mark.parametrize("overrides, ancestral_steps", [([], 1000), (["bench.sample_steps=50"], 50)])
+def test_sampling_chains_name_their_sampler(overrides, ancestral_steps):
+  """The default samples with a 20-step solver: the bench's ancestral and DDIM
+  chains must still be those samplers with the step counts they report."""
+  config = config_lib.load("configs/ddpm_fashion_mnist.py", overrides)
+  assert config.sample.sampler == "dpmpp_2m_sde" and config.sample.steps == 20
+  task = tasks.build(config)
+  chains = bench.sampling_chains(config, task, bench.bench_settings(config))
+  assert [(name, n) for name, _, n, _ in chains] == [("ancestral", ancestral_steps),
+                                                     ("ddim", 50)]
+  for name, chain_task, n, options in chains:
+    described = chain_task.describe_sampling(options)
+    assert (described["sampler"], described["steps"]) == (name, n)
+    assert chain_task.schedule.num_timesteps == (ancestral_steps if name == "ancestral" else 1000)
 
 
 @pytest.mark.slow  # a --mode bench run (~1-1.5 min on 2 cores); .ci/run runs it
