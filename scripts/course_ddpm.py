@@ -19,9 +19,17 @@ the centre 28x28 of the 32x32 output):
              clipping; the output is clamped to [-1, 1] only for uint8.
   ddim<S>    the project's pinned protocol: DDIM eta = 0 over S uniformly
              spaced timesteps, x0 clipped to [-1, 1] (`ddim100` in the docs).
+  dpmpp_2m_sde<S>
+             the project's default sampler, SDE-DPM-Solver++(2M) over S
+             steps (`dpmpp_2m_sde20`), run by diffusers'
+             DPMSolverMultistepScheduler (algorithm_type="sde-dpmsolver++",
+             linspace timesteps, x0 clipped to [-1, 1]): the reference that
+             tests/test_reference_samplers.py proves the project's solver
+             equal to, so the course model gets the same sampler without
+             sharing its code. Needs diffusers (the [test] extra).
 
 Independent of the project: it imports only torch, numpy, the standard
-library and tests/torch_reference.py, so it runs in any environment with
+library, tests/torch_reference.py (and diffusers for dpmpp_2m_sde<S>), so it runs in any environment with
 torch (the [torch] extra) and cannot share a bug with the JAX code. Its DDIM
 timesteps re-implement `ddpm.samplers.ddim_timesteps` (tested equal in
 tests/test_course_ddpm.py).
@@ -261,6 +269,38 @@ def ddim_sample(model: EpsModel, sched: Schedule, x_T: torch.Tensor,
   return x
 
 
+def dpm_solver_scheduler(sched: Schedule, num_steps: int):
+  """diffusers' SDE-DPM-Solver++(2M) on the course schedule (its betas passed as
+  trained_betas), x0 clipped to [-1, 1] (thresholding with sample_max_value 1),
+  set to `num_steps` linspace timesteps."""
+  try:
+    from diffusers import DPMSolverMultistepScheduler  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ValueError("the dpmpp_2m_sde<S> samplers need diffusers "
+                     "(pip install -e \".[test]\")") from e
+  if not 1 <= num_steps < sched.T:
+    raise ValueError(f"num_steps must be in [1, {sched.T - 1}], got {num_steps}")
+  scheduler = DPMSolverMultistepScheduler(
+      num_train_timesteps=sched.T, trained_betas=sched.beta.double().numpy(), solver_order=2,
+      algorithm_type="sde-dpmsolver++", prediction_type="epsilon", thresholding=True,
+      sample_max_value=1.0, timestep_spacing="linspace")
+  scheduler.set_timesteps(num_steps)
+  return scheduler
+
+
+@torch.no_grad()
+def dpm_solver_sde_sample(model: EpsModel, sched: Schedule, x_T: torch.Tensor,
+                          generator: torch.Generator, num_steps: int) -> torch.Tensor:
+  """SDE-DPM-Solver++(2M) over `num_steps` steps by diffusers' scheduler, its
+  per-step noise drawn from `generator`."""
+  scheduler = dpm_solver_scheduler(sched, num_steps)
+  x = x_T
+  for t in scheduler.timesteps:
+    eps = model(x, torch.full((x.shape[0],), float(t)))
+    x = scheduler.step(eps, t, x, generator=generator).prev_sample
+  return x
+
+
 def sampler_fn(name: str) -> Callable[[EpsModel, Schedule, torch.Tensor, torch.Generator],
                                       torch.Tensor]:
   """The sampler called `name`: "ancestral" or "ddim<S>" (e.g. "ddim100")."""
@@ -270,7 +310,13 @@ def sampler_fn(name: str) -> Callable[[EpsModel, Schedule, torch.Tensor, torch.G
   if match:
     num_steps = int(match.group(1))
     return lambda model, sched, x_T, generator: ddim_sample(model, sched, x_T, num_steps)
-  raise ValueError(f"unknown sampler {name!r}; allowed: ancestral, ddim<S> (e.g. ddim100)")
+  match = re.fullmatch(r"dpmpp_2m_sde([1-9][0-9]*)", name)
+  if match:
+    num_steps = int(match.group(1))
+    return lambda model, sched, x_T, generator: dpm_solver_sde_sample(
+        model, sched, x_T, generator, num_steps)
+  raise ValueError(f"unknown sampler {name!r}; allowed: ancestral, ddim<S> (e.g. ddim100), "
+                   "dpmpp_2m_sde<S> (e.g. dpmpp_2m_sde20)")
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -315,7 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   parser.add_argument("--samplers", default="ddim100,ancestral",
-                      help="comma list of ancestral, ddim<S>")
+                      help="comma list of ancestral, ddim<S>, dpmpp_2m_sde<S>")
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--sample_batch", type=int, default=250)
   parser.add_argument("--sample_only", action="store_true",
@@ -333,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampler_fn(name)
     if name.startswith("ddim"):
       ddim_timesteps(args.num_timesteps, int(name[4:]))
+    if name.startswith("dpmpp_2m_sde"):
+      dpm_solver_scheduler(Schedule(args.num_timesteps), int(name[len("dpmpp_2m_sde"):]))
   images = None if args.sample_only else load_fashion_mnist(args.data_dir)[0]
   torch.set_num_threads(args.threads)
   out = pathlib.Path(args.out)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ddpm import samplers
+from ddpm import schedules
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -131,6 +132,28 @@ def test_ddim_step_is_clipped_eta0_ddim(t, t_prev):
     assert np.all(np.abs(got) <= 1.0)
 
 
+@pytest.mark.parametrize("S", [20, 10, 5])
+def test_dpm_solver_scheduler_is_the_projects_default_sampler_setup(S):
+  """The course model's dpmpp_2m_sde<S> runs diffusers' scheduler, which
+  tests/test_reference_samplers.py proves step by step equal to the project's
+  `dpmpp_2m_sde`, on the same setup: the course's betas, the project's
+  linspace timesteps, clipping, the SDE variant of 2M."""
+  pytest.importorskip("diffusers")
+  sched = course.Schedule(1000)
+  scheduler = course.dpm_solver_scheduler(sched, S)
+  betas, _, alpha_bars = _f64_schedule(1000)
+  project = schedules.Schedule(num_timesteps=1000, **schedules.tables_from_betas(betas))
+  np.testing.assert_array_equal(scheduler.timesteps.numpy(),
+                                samplers.solver_timesteps(project, S, "linspace"))
+  np.testing.assert_allclose(scheduler.alphas_cumprod.double().numpy(), alpha_bars, rtol=1e-5)
+  c = scheduler.config
+  assert (c.algorithm_type, c.solver_order, c.solver_type, c.prediction_type) == (
+      "sde-dpmsolver++", 2, "midpoint", "epsilon")
+  assert c.thresholding and c.sample_max_value == 1.0 and c.final_sigmas_type == "zero"
+  with pytest.raises(ValueError, match=r"num_steps must be in \[1, 999\]"):
+    course.dpm_solver_scheduler(sched, 1000)
+
+
 def test_to_uint8_crops_rounds_and_clamps():
   x = torch.zeros((1, 1, 32, 32))
   x[0, 0, 2, 2], x[0, 0, 2, 3], x[0, 0, 2, 4], x[0, 0, 0, 0] = -1.0, 1.0, 3.0, 1.0
@@ -144,6 +167,9 @@ def test_unknown_sampler_fails_before_training(tmp_path):
     course.main(["--out", str(tmp_path / "out"), "--samplers", "ddpm"])
   with pytest.raises(ValueError, match="num_steps"):
     course.main(["--out", str(tmp_path / "out"), "--samplers", "ddim100",
+                 "--num_timesteps", "10"])
+  with pytest.raises(ValueError, match="num_steps"):
+    course.main(["--out", str(tmp_path / "out"), "--samplers", "dpmpp_2m_sde10",
                  "--num_timesteps", "10"])
   assert not (tmp_path / "out").exists()
 
@@ -178,3 +204,34 @@ def test_train_sample_and_resample(fake_data_dir, tmp_path):
   assert json.loads((out / "run.json").read_text())["steps"] == 3
   with pytest.raises(ValueError, match="--num_timesteps 10"):
     course.main(args + ["--sample_only", "--num_timesteps", "20", "--samplers", "ancestral"])
+
+
+def test_dpm_solver_sde_samples_are_seeded(fake_data_dir, tmp_path):
+  """dpmpp_2m_sde<S> through main(): uint8 samples, reproduced by --sample_only,
+  and its fresh per-step noise comes from the seeded generator (another seed,
+  other samples)."""
+  pytest.importorskip("diffusers")
+  out = tmp_path / "out"
+  args = ["--out", str(out), "--data_dir", str(fake_data_dir), "--steps", "2",
+          "--batch_size", "16", "--threads", "1", "--num_samples", "4", "--sample_batch", "2",
+          "--num_timesteps", "10", "--samplers", "dpmpp_2m_sde5,ddim5", "--seed", "3"]
+  course.main(args)
+  with np.load(out / "samples_dpmpp_2m_sde5.npz") as f:
+    first = f["images"]
+  with np.load(out / "samples_ddim5.npz") as f:
+    ddim = f["images"]
+  assert first.shape == (4, 28, 28, 1) and first.dtype == np.uint8
+  assert not np.array_equal(first, ddim)
+  course.main(args + ["--sample_only"])
+  with np.load(out / "samples_dpmpp_2m_sde5.npz") as f:
+    np.testing.assert_array_equal(f["images"], first)
+  model = course.torch_reference.UNet(c_in=1, c_out=1, width=16)
+  model.load_state_dict(torch.load(out / "model.pt"))
+  model.eval()
+  x_T = torch.randn((4, 1, 32, 32), generator=torch.Generator().manual_seed(3))
+  again = course.dpm_solver_sde_sample(model, course.Schedule(10), x_T[:2],
+                                       torch.Generator().manual_seed(4), 5)   # the first batch
+  other = course.dpm_solver_sde_sample(model, course.Schedule(10), x_T[:2],
+                                       torch.Generator().manual_seed(5), 5)
+  np.testing.assert_array_equal(course.to_uint8(again), first[:2])
+  assert not torch.equal(again, other)
