@@ -20,14 +20,18 @@ DDIM-100, then the independent network's FD): the simple loss 9.22 / 13.27
 (1600 steps, 32x32) -> min-SNR-5 7.25 / 11.23 -> + v 6.15 / 5.36 -> 28x28
 at 2400 steps 3.93 / 3.26, class entropy 0.993 / 0.994.
 
-Budget, measured by `make demo` on a fresh clone on 2026-12-02 from 09:50
-UTC (2 CPU cores; that machine ran 2.2x faster than the one of the earlier
-figures that day): 2400 steps of batch 64 in 857 s of training loop (2.84
-steps/s, 14.3 minutes), 19.6 minutes for the whole `make demo` (setup,
-training, its samples, then drawn with the 1000-step ancestral sampler). That run scored, 1000 samples each (FD-fmnist / independent
-network's FD / class entropy): SDE-DPM-Solver++(2M)-20 2.91 / 2.76 / 0.994,
-the 1000-step ancestral sampler 2.93 / 3.07 / 0.996, DDIM-100 4.00 / 3.28 /
-0.993, DPM-Solver++(2M)-20 4.11 / 3.41 / 0.993.
+Budget, measured by `make demo` on a fresh clone (2 CPU cores, alone):
+2400 steps of batch 64 in 857 s of training loop on 2026-12-02 from 09:50
+UTC (2.84 steps/s, 14.3 minutes) and in 912 s from 14:43 UTC (15.2
+minutes; this machine's speed drifts by ~10%). The whole `make demo` took
+16.5 minutes at 14:43 (setup 0.8 with the dataset installed, training 15.5
+with compilation and the final grid, `--mode sample` 12 s). Both runs
+scored the same to the last digit, 1000 samples each (FD-fmnist /
+independent network's FD / class entropy): SDE-DPM-Solver++(2M)-20 2.91 /
+2.76 / 0.994, DDIM-100 4.00 / 3.28 / 0.993; and on the first, the 1000-step
+ancestral sampler 2.93 / 3.07 / 0.996, DPM-Solver++(2M)-20 4.11 / 3.41 /
+0.993. Its step-2100 checkpoint (803 s of loop) scores 3.33 / 3.16 with
+SDE-20.
 Final training loss ~0.023 (min-SNR-weighted v loss).
 
 Train, then sample (what `make demo` runs):
@@ -43,10 +47,12 @@ Variants (`--config configs/ddpm_fashion_mnist.py:ARG`):
                classifier-free guidance; sampled with guidance 3), the same
                recipe and 2400 steps, sampled with DPM-Solver++(2M), 20 steps
                (the sampler it was measured with). Measured (docs/ablation.md,
-               row cond_v_28; 1000 samples, labels cycling 0..9): 96.3% of them
-               are the requested class for the project's classifier, 93.9% for
-               the independent network (DDIM-100: 96.0% / 93.2%), FD-fmnist
-               0.84, black backgrounds:
+               row cond_same_day: 2400 steps in 992 s of loop alone on 2
+               cores, 16.5 minutes, on 2026-12-02; 1000 samples, labels
+               cycling 0..9): 96.6% of them are the requested class for the
+               project's classifier, 93.9% for the independent network
+               (DDIM-100: 96.4% / 93.2%), FD-fmnist 0.82, black backgrounds;
+               its step-2100 checkpoint (870 s): 96.2% / 92.7%:
                  python -m launch --config configs/ddpm_fashion_mnist.py:conditional --workdir runs/ddpm_fashion_mnist_conditional
   smoke        seconds, for tests:
                  python -m launch --config configs/ddpm_fashion_mnist.py:smoke --workdir /tmp/ddpm_fashion_mnist
