@@ -409,8 +409,9 @@ def _energy_grad_flops(run, batch: int) -> float | None:
 def sampling_chains(config, task, bs: BenchSettings) -> list[tuple[str, Any, int, dict[str, Any]]]:
   """The chains `--mode bench` times: (name, task, network calls, `task.sample` options).
 
-  The ancestral chain runs bench.sample_steps steps (0 = all T; fewer build a
-  task with a T-step schedule) and DDIM bench.ddim_steps. Each names its
+  The ancestral chain runs bench.sample_steps steps (0 = all T; fewer steps
+  build a task whose schedule has that many) and DDIM bench.ddim_steps
+  (capped at T). Each names its
   sampler explicitly: the config's own sampler (e.g. a 20-step solver) must not
   stand in for them.
   """
