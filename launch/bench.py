@@ -411,9 +411,8 @@ def sampling_chains(config, task, bs: BenchSettings) -> list[tuple[str, Any, int
 
   The ancestral chain runs bench.sample_steps steps (0 = all T; fewer steps
   build a task whose schedule has that many) and DDIM bench.ddim_steps
-  (capped at T). Each names its
-  sampler explicitly: the config's own sampler (e.g. a 20-step solver) must not
-  stand in for them.
+  (capped at T). Each names its sampler explicitly: the config's own sampler
+  (e.g. a 20-step solver) must not stand in for them.
   """
   num_timesteps = task.schedule.num_timesteps
   steps = bs.sample_steps or num_timesteps

@@ -29,8 +29,9 @@ the centre 28x28 of the 32x32 output):
              sharing its code. Needs diffusers (the [test] extra).
 
 Independent of the project: it imports only torch, numpy, the standard
-library, tests/torch_reference.py (and diffusers for dpmpp_2m_sde<S>), so it runs in any environment with
-torch (the [torch] extra) and cannot share a bug with the JAX code. Its DDIM
+library, tests/torch_reference.py (and diffusers for dpmpp_2m_sde<S>), so
+it runs in any environment with torch (the [torch] extra) and cannot share
+a bug with the JAX code. Its DDIM
 timesteps re-implement `ddpm.samplers.ddim_timesteps` (tested equal in
 tests/test_course_ddpm.py).
 
@@ -301,22 +302,24 @@ def dpm_solver_sde_sample(model: EpsModel, sched: Schedule, x_T: torch.Tensor,
   return x
 
 
-def sampler_fn(name: str) -> Callable[[EpsModel, Schedule, torch.Tensor, torch.Generator],
-                                      torch.Tensor]:
-  """The sampler called `name`: "ancestral" or "ddim<S>" (e.g. "ddim100")."""
+def sampler_fn(name: str, num_timesteps: int
+               ) -> Callable[[EpsModel, Schedule, torch.Tensor, torch.Generator], torch.Tensor]:
+  """The sampler called `name` for a T = `num_timesteps` model: "ancestral",
+  "ddim<S>" (e.g. "ddim100") or "dpmpp_2m_sde<S>"; a bad name or step count
+  (or a missing diffusers) raises ValueError here, before any training."""
   if name == "ancestral":
     return ancestral_sample
-  match = re.fullmatch(r"ddim([1-9][0-9]*)", name)
-  if match:
-    num_steps = int(match.group(1))
+  match = re.fullmatch(r"(ddim|dpmpp_2m_sde)([1-9][0-9]*)", name)
+  if not match:
+    raise ValueError(f"unknown sampler {name!r}; allowed: ancestral, ddim<S> (e.g. ddim100), "
+                     "dpmpp_2m_sde<S> (e.g. dpmpp_2m_sde20)")
+  num_steps = int(match.group(2))
+  if match.group(1) == "ddim":
+    ddim_timesteps(num_timesteps, num_steps)   # checks the step count
     return lambda model, sched, x_T, generator: ddim_sample(model, sched, x_T, num_steps)
-  match = re.fullmatch(r"dpmpp_2m_sde([1-9][0-9]*)", name)
-  if match:
-    num_steps = int(match.group(1))
-    return lambda model, sched, x_T, generator: dpm_solver_sde_sample(
-        model, sched, x_T, generator, num_steps)
-  raise ValueError(f"unknown sampler {name!r}; allowed: ancestral, ddim<S> (e.g. ddim100), "
-                   "dpmpp_2m_sde<S> (e.g. dpmpp_2m_sde20)")
+  dpm_solver_scheduler(Schedule(num_timesteps), num_steps)   # checks steps and diffusers
+  return lambda model, sched, x_T, generator: dpm_solver_sde_sample(
+      model, sched, x_T, generator, num_steps)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -335,7 +338,7 @@ def sample(model: EpsModel, sched: Schedule, name: str, *, num_samples: int, bat
   sampler starts from the same x_T), the ancestral noise from one seeded
   `seed + 1`, batch after batch.
   """
-  fn = sampler_fn(name)
+  fn = sampler_fn(name, sched.T)
   x_T = torch.randn((num_samples, 1, 32, 32), generator=torch.Generator().manual_seed(seed))
   noise = torch.Generator().manual_seed(seed + 1)
   out = []
@@ -376,11 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
   args = parse_args(argv)
   names = [n for n in args.samplers.split(",") if n]
   for name in names:   # fail before training, not after it
-    sampler_fn(name)
-    if name.startswith("ddim"):
-      ddim_timesteps(args.num_timesteps, int(name[4:]))
-    if name.startswith("dpmpp_2m_sde"):
-      dpm_solver_scheduler(Schedule(args.num_timesteps), int(name[len("dpmpp_2m_sde"):]))
+    sampler_fn(name, args.num_timesteps)
   images = None if args.sample_only else load_fashion_mnist(args.data_dir)[0]
   torch.set_num_threads(args.threads)
   out = pathlib.Path(args.out)
