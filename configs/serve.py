@@ -80,7 +80,9 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   c.limits.max_requests = 256          # HTTP requests in progress; beyond: 503 + Retry-After
   c.limits.header_timeout_s = 10.0     # to send a request's headers (from open / last answer)
   c.limits.keep_alive_s = 5.0          # an idle keep-alive connection is closed after this
-  c.limits.body_timeout_s = 30.0       # to send a request's body; then 408
+  c.limits.request_timeout_s = 30.0    # headers + body, from the first byte; then 408
+  c.limits.min_body_rate = 1024.0      # bytes/s a body must average after the grace; then 408
+  c.limits.body_rate_grace_s = 5.0     # seconds before min_body_rate applies
   c.limits.max_header_bytes = 16384    # request line + headers; beyond: 400
   # Uploads of /inpaint, /denoise, /energy (EBMs; launch/serve/uploads.py): a PNG of the
   # model's own size. Bodies are counted as they arrive; a PNG's declared size is checked

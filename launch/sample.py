@@ -6,16 +6,20 @@ sampling spec from it), so any of them can be given as flags:
 Class-conditional models sample config.sample.label (-1 = the classes in
 turn, K = class K): `--config.sample.label=3`. Writes
 `WORKDIR/samples/sample_<step>_<tag>.{png,npz}`; the .npz holds `images`
-(uint8) and, for a task that states them (`task.sample_labels`, the EBM),
-the `labels` the images were sampled for, so
-`python -m launch.eval.evaluate --npz` scores their class accuracy.
+(uint8), for a class-conditional model the `labels` [N] the images were
+sampled for (image i of the run, whatever `sample.batch_size`, gets label
+i mod K with label -1), and `sampling`, a JSON string of the sampler's
+settings (sampler, steps, guidance, ..., label rule, weights, step, seed),
+so `python -m launch.eval.evaluate --npz` scores their class accuracy.
 """
 from __future__ import annotations
 
 import functools
+import json
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
@@ -38,6 +42,35 @@ def sample_images(task, params, key, num: int) -> np.ndarray:
   return np.asarray(jax.device_get(images))
 
 
+def generate(task, params, key: jax.Array, num: int, batch_size: int, options: dict,
+             labels: np.ndarray | None = None) -> np.ndarray:
+  """`num` samples in batches of one compiled shape; float [num, H, W, C] on the host.
+
+  Args:
+    task: a task with `sample`.
+    params: its sampling parameters.
+    key: PRNG key; batch b uses fold_in(key, b * batch_size).
+    num: number of samples.
+    batch_size: samples per call (the last call is padded and cut).
+    options: static keyword options of `task.sample` (no label).
+    labels: optional [num] int labels (conditional models): image i gets
+      labels[i], whatever the batch size.
+  """
+  bs = max(1, min(int(batch_size), num))
+  fn = jax.jit(functools.partial(task.sample, num=bs, **options))
+  out = []
+  for start in range(0, num, bs):
+    k = jax.random.fold_in(key, start)
+    if labels is None:
+      images = fn(params, k)
+    else:
+      lab = np.resize(np.asarray(labels[start:start + bs], np.int32), bs)
+      images = fn(params, k, label=jnp.asarray(lab))
+    images = images[0] if isinstance(images, tuple) else images
+    out.append(np.asarray(jax.device_get(images))[:num - start])
+  return np.concatenate(out)
+
+
 def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   """Writes config.sample.num samples of the workdir's newest checkpoint; returns the stem.
 
@@ -54,18 +87,20 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   params = run.task.sample_params(state)
   options = run.task.sample_options()
   key = jax.random.fold_in(run.keys["sample"], config.seed)
-  images, labels = [], []
-  label_rule = getattr(run.task, "sample_labels", None)   # the labels `sample` uses by default
-  for start in range(0, config.sample.num, config.sample.batch_size):
-    num = min(config.sample.batch_size, config.sample.num - start)
-    images.append(sample_images(run.task, params, jax.random.fold_in(key, start), num))
-    if label_rule is not None:
-      labels.append(label_rule(num))
-  uint8 = figures.to_uint8(np.concatenate(images))
-  arrays = {"images": uint8}
-  if labels and labels[0] is not None:
-    arrays["labels"] = np.concatenate([np.asarray(l) for l in labels]).astype(np.int32)
+  num = int(config.sample.num)
+  # The labels of the whole run, so that image i's label does not depend on the batch size.
+  labels = run.task.sample_labels(num) if run.task.num_classes else None
+  labels = None if labels is None else np.asarray(jax.device_get(labels), np.int32)
+  sample_kwargs = {k: v for k, v in options.items() if k != "label"}
+  uint8 = figures.to_uint8(generate(run.task, params, key, num, config.sample.batch_size, {},
+                                    labels))
   step = int(state.step)
+  sampling = {**run.task.describe_sampling(sample_kwargs), "label": config.sample.label,
+              "weights": "ema" if run.task.use_ema else "raw", "step": step,
+              "seed": int(config.seed)}
+  arrays = {"images": uint8, "sampling": np.array(json.dumps(sampling))}
+  if labels is not None:
+    arrays["labels"] = labels
   tag = "_".join(f"{k}-{v}" for k, v in sorted(options.items()) if v is not None)
   out = epath.Path(workdir) / "samples"
   out.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ def test_weak_feature_network_is_refused_before_sampling(tmp_path_factory, class
   config, workdir = _untrained(tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},
                                **{"eval.classifier_workdir": str(classifier[1])})
   assert config.eval.min_classifier_accuracy == feature_check.DEFAULT_MIN_ACCURACY
-  monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampled first"))
+  monkeypatch.setattr(evaluate.sample_lib, "generate", lambda *a, **k: pytest.fail("sampled first"))
   with pytest.raises(feature_check.WeakFeatureNetworkError) as e:
     evaluate.evaluate_workdir(config, str(workdir))
   message = str(e.value)
@@ -256,3 +256,41 @@ def test_inception_fid_and_is_with_a_stand_in_network(tmp_path, monkeypatch):
   assert records["fid"]["reference_size"] == MOCK_EXAMPLES
   assert records["inception_score"]["value"] >= 1.0 and records["inception_score"]["splits"] == 10
   assert (tmp_path / f"fid_reference_inception_fid_cifar10_train_n{MOCK_EXAMPLES}.npz").exists()
+
+
+def test_mode_sample_saves_labels_and_settings_that_npz_evaluation_reads(tmp_path_factory,
+                                                                         classifier):
+  """Labels of a class-conditional `--mode sample` follow the image's index in the run
+  (image i: class i mod 10), not its index in a batch, and are saved with the settings."""
+  from launch import sample as sample_lib
+  config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
+                               **{"data.name": "fashion_mnist", "sample.num": 12,
+                                  "sample.batch_size": 8})
+  stem = sample_lib.sample_to_workdir(config, str(workdir))
+  with np.load(f"{stem}.npz") as f:
+    images, labels, sampling = f["images"], f["labels"], json.loads(str(f["sampling"]))
+  np.testing.assert_array_equal(labels, np.arange(12) % 10)  # not 0..7, 0..3
+  assert sampling == {"sampler": "ancestral", "steps": config.diffusion.num_timesteps,
+                      "clip_x0": bool(config.sample.clip_x0), "eta": None,
+                      "variance": config.sample.variance,
+                      "guidance": config.sample.guidance, "label": -1, "weights": "ema",
+                      "step": 0, "seed": config.seed}
+  # The second batch's images were sampled for classes 8, 9, 0, 1.
+  run, state = workdir_lib.load_trained(str(workdir), config, device=jax.local_devices()[0])
+  key = jax.random.fold_in(jax.random.fold_in(run.keys["sample"], config.seed), 8)
+  params = run.task.sample_params(state)
+  direct = [np.asarray(run.task.sample(params, key, 8, label=jnp.asarray(np.resize(lab, 8))))[:4]
+            for lab in ([8, 9, 0, 1], [0, 1, 2, 3])]
+  from launch import figures
+  diffs = [np.abs(images[8:].astype(int) - figures.to_uint8(d).astype(int)).max() for d in direct]
+  assert diffs[0] <= 1 and diffs[1] > 1, diffs
+  # The .npz evaluation reads both.
+  records = evaluate.evaluate_npz(f"{stem}.npz", str(classifier[1]), min_classifier_accuracy=0.0)
+  by_metric = {r["metric"]: r for r in records}
+  accuracy = by_metric["class_accuracy"]
+  assert accuracy["labels"] == "from the file" and accuracy["guidance"] == config.sample.guidance
+  assert accuracy["sampler"] == "ancestral" and accuracy["num_samples"] == 12
+  bad = tmp_path_factory.mktemp("bad_npz") / "bad.npz"
+  np.savez(bad, images=images, labels=labels[:5])
+  with pytest.raises(ValueError, match="expected 12 integer labels"):
+    evaluate.load_npz_images(bad)

@@ -176,7 +176,7 @@ def test_weak_independent_network_is_refused_before_sampling(tmp_path_factory, i
       tmp_path_factory, "ddpm_fashion_mnist.py:smoke", {"loss": 1.0},
       **{"eval.classifier_workdir": str(independent[1]), "eval.min_classifier_accuracy": 0.0,
          "eval.independent_workdir": str(independent[1])})
-  monkeypatch.setattr(evaluate, "generate", lambda *a, **k: pytest.fail("sampled first"))
+  monkeypatch.setattr(evaluate.sample_lib, "generate", lambda *a, **k: pytest.fail("sampled first"))
   with pytest.raises(feature_check.WeakFeatureNetworkError) as e:
     evaluate.evaluate_workdir(config, str(workdir))
   assert "config.eval.min_independent_accuracy=0.85" in str(e.value)

@@ -53,7 +53,7 @@ def get_config(arg=None):
 '''
 
 
-def _free_port() -> int:
+def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -66,8 +66,9 @@ def dn_workdir(tmp_path_factory) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def _running(args: list[str], port: int, log_path: pathlib.Path):
-  """A server subprocess (`python -m ARGS`), yielded once GET /health on `port` answers 200."""
+def running_server(args: list[str], port: int, log_path: pathlib.Path):
+  """(url, process) of a server subprocess (`python -m ARGS`), once GET /health on `port`
+  answers 200."""
   env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
   log = open(log_path, "w")
   proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=log,
@@ -84,7 +85,7 @@ def _running(args: list[str], port: int, log_path: pathlib.Path):
         pass
       assert time.monotonic() - start < 300, "server not ready after 300 s"
       time.sleep(0.5)
-    yield url
+    yield url, proc
   finally:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -97,13 +98,13 @@ def _running(args: list[str], port: int, log_path: pathlib.Path):
 @pytest.fixture(scope="module")
 def server(dn_workdir):
   """(url, port) of a warmed-up `python -m launch.serve` (stopped with SIGTERM at the end)."""
-  port = _free_port()
+  port = free_port()
   config_file = dn_workdir.parent / "config.py"
   config_file.write_text(_CONFIG.format(port=port, workdir=str(dn_workdir),
                                         header_timeout=HEADER_TIMEOUT_S,
                                         max_connections=MAX_CONNECTIONS))
-  with _running(["launch.serve", "--config", str(config_file)], port,
-                dn_workdir.parent / "server.log") as url:
+  with running_server(["launch.serve", "--config", str(config_file)], port,
+                dn_workdir.parent / "server.log") as (url, _):
     yield url, port
 
 
@@ -226,12 +227,12 @@ def test_requests_beyond_max_requests_get_the_json_503_with_retry_after():
 
 def test_launch_mode_serve_takes_the_server_settings(dn_workdir):
   """`python -m launch --mode serve` takes --config.serve.* as launch.serve takes --config.*."""
-  port = _free_port()
+  port = free_port()
   args = ["launch", "--mode", "serve", "--config",
           f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", "--workdir", str(dn_workdir),
           f"--config.serve.port={port}", "--config.serve.warmup=none",
           "--config.serve.limits.buckets=(8,)", "--config.serve.log_level=warning"]
-  with _running(args, port, dn_workdir.parent / "mode_serve.log") as url:
+  with running_server(args, port, dn_workdir.parent / "mode_serve.log") as (url, _):
     limits = httpx.get(f"{url}/models").json()["limits"]
     r = httpx.post(f"{url}/generate", json={"num_images": 2, "seed": 0}, timeout=120)
   assert limits["buckets"] == [8] and limits["max_images"] == 8

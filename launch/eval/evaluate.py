@@ -85,6 +85,7 @@ from etils import epath
 from launch import checkpoint as checkpoint_lib
 from launch import data as data_lib
 from launch import figures
+from launch import sample as sample_lib
 from launch.eval import feature_check
 from launch.eval import frechet
 from launch.eval import nearest
@@ -510,34 +511,6 @@ def _check_feature_network(config) -> None:
     raise MissingClassifierError(missing_classifier_message(workdir, "eval.independent_workdir"))
 
 
-def generate(task, params, key: jax.Array, num: int, batch_size: int, options: dict,
-             labels: np.ndarray | None = None) -> np.ndarray:
-  """`num` samples in batches of one compiled shape; float [num, H, W, C] on the host.
-
-  Args:
-    task: a task with `sample`.
-    params: its sampling parameters.
-    key: PRNG key; batch b uses fold_in(key, b * batch_size).
-    num: number of samples.
-    batch_size: samples per call (the last call is padded and cut).
-    options: static keyword options of `task.sample` (no label).
-    labels: optional [num] int labels (conditional models).
-  """
-  bs = max(1, min(int(batch_size), num))
-  fn = jax.jit(functools.partial(task.sample, num=bs, **options))
-  out = []
-  for start in range(0, num, bs):
-    k = jax.random.fold_in(key, start)
-    if labels is None:
-      images = fn(params, k)
-    else:
-      lab = np.resize(np.asarray(labels[start:start + bs], np.int32), bs)
-      images = fn(params, k, label=jnp.asarray(lab))
-    images = images[0] if isinstance(images, tuple) else images
-    out.append(np.asarray(jax.device_get(images))[:num - start])
-  return np.concatenate(out)
-
-
 def _score(config, images_uint8, labels, scorer) -> list[dict]:
   if config.data.name in data_lib.MNIST_FAMILY:
     return classifier_scores(scorer(), images_uint8, config.data, labels=labels,
@@ -622,7 +595,7 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
     # An explicit label None (an EBM's marginal protocol) samples without labels.
     labels = None if "label" in options else cycling
     params = dataclasses.replace(task, use_ema=use_ema).sample_params(state)
-    images = generate(task, params, key, n, config.sample.batch_size, options, labels)
+    images = sample_lib.generate(task, params, key, n, config.sample.batch_size, options, labels)
     uint8 = figures.to_uint8(images)
     fields = {"protocol": protocol, "num_samples": n,
               **task.describe_sampling({k: v for k, v in options.items() if k != "label"}),
@@ -822,10 +795,11 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
   """uint8 images [N, H, W, C] (and `labels` if present) of an .npz.
 
   The images are the array `key`, else "images", else the file's only array
-  (besides "labels"); [N, H, W] and [N, C, H, W] (C = 1 or 3) are accepted.
+  (besides "labels" and "sampling"); [N, H, W] and [N, C, H, W] (C = 1 or 3)
+  are accepted.
   """
   with np.load(os.fspath(path)) as f:
-    names = [k for k in f.files if k != "labels"]
+    names = [k for k in f.files if k not in ("labels", "sampling")]
     if key is None:
       if "images" in f.files:
         key = "images"
@@ -844,7 +818,26 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
     images = np.transpose(images, (0, 2, 3, 1))   # NCHW (PyTorch) -> NHWC
   if images.ndim != 4:
     raise ValueError(f"{path}[{key!r}] has shape {images.shape}, expected [N, H, W(, C)]")
+  if labels is not None and (labels.shape != (len(images),)
+                             or not np.issubdtype(labels.dtype, np.integer)):
+    raise ValueError(f"{path}['labels'] is {labels.dtype}{list(labels.shape)}: expected "
+                     f"{len(images)} integer labels, one per image")
   return images, labels
+
+
+def load_npz_sampling(path: str | os.PathLike) -> dict:
+  """The sampler settings `--mode sample` saved with its samples ({} if none)."""
+  with np.load(os.fspath(path)) as f:
+    if "sampling" not in f.files:
+      return {}
+    try:
+      settings = json.loads(str(f["sampling"]))
+    except ValueError as e:
+      raise ValueError(f"{path}['sampling'] is not the JSON that --mode sample writes: "
+                       f"{e}") from None
+  if not isinstance(settings, dict):
+    raise ValueError(f"{path}['sampling'] is not a JSON object")
+  return settings
 
 
 def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str = "test",
@@ -895,8 +888,12 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
                 independent_scores(network, images, data, labels=labels, split=split)]
     if nearest_train_images:
       records.append(nearest_train(data, nearest_train_images, len(images)).record(images))
-  fields = {"source": os.fspath(path), "num_samples": int(len(images)), "uint8_roundtrip": True,
+  # The sampler settings saved with the samples, then what was measured here.
+  fields = {**load_npz_sampling(path), "source": os.fspath(path),
+            "num_samples": int(len(images)), "uint8_roundtrip": True,
             "feature_network_accuracy": accuracy}
+  if labels is not None:
+    fields["labels"] = "from the file"
   return _jsonable([{"metric": r.pop("metric"), "value": r.pop("value"), **fields, **r}
                     for r in records])
 

@@ -38,8 +38,11 @@ index), not on `num_images`, the bucket or the requests batched with it
 
 Connections (launch/serve/connections.py; bounds in `limits`, see
 configs/serve.py): a client must send a request's headers within
-`header_timeout_s` (10 s) of connecting or of its previous answer, and its
-body within `body_timeout_s` (30 s, else 408); idle keep-alive connections
+`header_timeout_s` (10 s) of connecting or of its previous answer, the whole
+request within `request_timeout_s` (30 s) of its first byte, and its body at
+`min_body_rate` (1024 bytes/s) at least after `body_rate_grace_s` (5 s), else
+408 and the connection is closed; a body is read in full before its request
+takes one of the compute slots below; idle keep-alive connections
 close after `keep_alive_s` (5 s); at most `max_connections` (2048) are open,
 a new one beyond closing the oldest idle one; at most `max_requests` (256)
 requests are in progress, beyond which the answer is a 503 with Retry-After.
@@ -84,7 +87,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launch import figures
 from launch.config_errors import ConfigError
-from launch.serve.connections import InFlightLimit, guarded_protocol, raise_fd_limit
+from launch.serve.connections import BodyLimit, InFlightLimit, guarded_protocol, raise_fd_limit
 from launch.serve import uploads
 from launch.serve.models import (MAX_SEED, MAX_SIGMA, WARMUP, ImageOptions, Limits, Options,
                                  RequestError, ServedModel, load_model, sampler_names)
@@ -152,7 +155,9 @@ class LimitsDescription(pydantic.BaseModel):
   max_requests: int
   header_timeout_s: float
   keep_alive_s: float
-  body_timeout_s: float
+  request_timeout_s: float
+  min_body_rate: float
+  body_rate_grace_s: float
   max_upload_bytes: int
   max_image_pixels: int
   max_examples: int
@@ -337,58 +342,6 @@ def _validation_response(exc: RequestValidationError) -> fastapi_responses.JSONR
   return _error(422, first["field"], f"{first['field']}: {message}", described)
 
 
-class BodyLimit:
-  """ASGI middleware: 413 for bodies over `max_bytes` (declared or streamed), 408 for
-  a body part that takes over `timeout_s` to arrive (a client sending it slowly)."""
-
-  def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, *,
-               upload_bytes: int = 0, upload_paths: tuple[str, ...] = ()):
-    self.app = app
-    self.max_bytes = max_bytes
-    self.timeout_s = timeout_s
-    self.upload_bytes = upload_bytes
-    self.upload_paths = frozenset(upload_paths)
-
-  async def __call__(self, scope, receive, send):
-    if scope["type"] != "http":
-      return await self.app(scope, receive, send)
-    limit = self.upload_bytes if scope.get("path") in self.upload_paths else self.max_bytes
-    declared = dict(scope.get("headers") or ()).get(b"content-length")
-    if declared is not None:
-      try:
-        size = int(declared)
-      except ValueError:
-        size = -1
-      if size < 0:
-        return await _error(400, "content-length", "content-length: not a byte count")(
-            scope, receive, send)
-      if size > limit:
-        return await self._too_large(scope, receive, send, limit)
-    received = 0
-
-    async def limited_receive():
-      nonlocal received
-      try:
-        message = await asyncio.wait_for(receive(), self.timeout_s)
-      except asyncio.TimeoutError:
-        raise fastapi.HTTPException(
-            408, detail=f"body: not received within {self.timeout_s:g} s") from None
-      if message["type"] == "http.request":
-        received += len(message.get("body", b""))
-        if received > limit:
-          raise fastapi.HTTPException(413, detail=self._message(limit))
-      return message
-
-    return await self.app(scope, limited_receive, send)
-
-  def _message(self, limit: int) -> str:
-    which = "limits.max_upload_bytes" if limit == self.upload_bytes else "limits.max_body_bytes"
-    return f"body: the request body exceeds the limit of {limit} bytes ({which})"
-
-  async def _too_large(self, scope, receive, send, limit):
-    return await _error(413, "body", self._message(limit))(scope, receive, send)
-
-
 # ---------------------------------------------------------------------------
 # The app.
 
@@ -410,14 +363,17 @@ def _limits_description(batcher: Batcher, request_model) -> LimitsDescription:
       timeout_s=limits.timeout_s, max_body_bytes=limits.max_body_bytes, chunk=limits.chunk,
       max_connections=limits.max_connections, max_requests=limits.max_requests,
       header_timeout_s=limits.header_timeout_s, keep_alive_s=limits.keep_alive_s,
-      body_timeout_s=limits.body_timeout_s, max_upload_bytes=limits.max_upload_bytes,
+      request_timeout_s=limits.request_timeout_s, min_body_rate=limits.min_body_rate,
+      body_rate_grace_s=limits.body_rate_grace_s, max_upload_bytes=limits.max_upload_bytes,
       max_image_pixels=limits.max_image_pixels, max_examples=limits.max_examples)
 
 
 _ERRORS = {
     400: "Malformed JSON or multipart body.",
     404: "No test images of the model's dataset on this server.",
-    408: "The body was not received within `limits.body_timeout_s`.",
+    408: ("The request was not received within `limits.request_timeout_s` of its first byte, "
+          "or its body came slower than `limits.min_body_rate` bytes/s (after "
+          "`limits.body_rate_grace_s`); the connection is closed."),
     413: ("Body too large (`limits.max_body_bytes`, uploads `limits.max_upload_bytes`), or an "
           "image declaring more than `limits.max_image_pixels` pixels."),
     422: ("A field the schema or the model refuses, or an upload that is not a PNG of the "
@@ -574,9 +530,13 @@ def create_app(batcher: Batcher, *, manage: bool = True) -> fastapi.FastAPI:
   if image_models:
     _image_endpoints(app, batcher, image_models)
   limits = batcher.limits
-  return InFlightLimit(BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s,
-                                 upload_bytes=limits.max_upload_bytes, upload_paths=_UPLOADS),
-                       limits.max_requests, _busy)
+  # The body is read in full before a request takes one of the `max_requests` slots:
+  # clients still sending theirs (slowly) cannot hold the slots others compute in.
+  return BodyLimit(InFlightLimit(app, limits.max_requests, _busy), _error,
+                   max_bytes=limits.max_body_bytes, upload_bytes=limits.max_upload_bytes,
+                   upload_paths=_UPLOADS, request_timeout_s=limits.request_timeout_s,
+                   min_body_rate=limits.min_body_rate,
+                   body_rate_grace_s=limits.body_rate_grace_s)
 
 
 async def _run(batcher: Batcher, model: ServedModel, plan, seed: int,

@@ -110,7 +110,9 @@ class Limits:
   max_requests: int = 256
   header_timeout_s: float = 10.0
   keep_alive_s: float = 5.0
-  body_timeout_s: float = 30.0
+  request_timeout_s: float = 30.0
+  min_body_rate: float = 1024.0
+  body_rate_grace_s: float = 5.0
   max_header_bytes: int = 16384
   max_upload_bytes: int = 262144
   max_image_pixels: int = 1048576
@@ -179,7 +181,8 @@ class Limits:
         raise ConfigError(f"limits.{key}", v, allowed=f"an integer >= {lo}")
     for key, lo_open in (("max_step_size", True), ("max_guidance", False), ("timeout_s", True),
                          ("batch_wait_ms", False), ("header_timeout_s", True),
-                         ("keep_alive_s", True), ("body_timeout_s", True)):
+                         ("keep_alive_s", True), ("request_timeout_s", True),
+                         ("min_body_rate", False), ("body_rate_grace_s", False)):
       v = values.get(key, getattr(cls, key))
       if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or (
           v <= 0 if lo_open else v < 0):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import math
 import threading
@@ -109,6 +111,31 @@ def _deliver(job: Job, value: Any, error: BaseException | None = None) -> None:
     pass
 
 
+def _malloc_trim():
+  """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return libc.malloc_trim
+  except (OSError, AttributeError):
+    return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+  """Returns the C heap's free pages to the OS (glibc `malloc_trim(0)`; elsewhere nothing).
+
+  Decoding uploads, encoding PNGs and compiling programs on many threads leave
+  glibc's per-thread arenas holding freed memory that RSS still counts; the
+  worker calls this when the queue goes idle after work, so RSS after a
+  burst returns to the level of what is live (the models, the compiled
+  programs, at most `limits.max_programs` per model). A few ms.
+  """
+  if _MALLOC_TRIM is not None:
+    _MALLOC_TRIM(0)
+
+
 class Batcher:
   """The queue and the worker of a set of served models (see the module docstring)."""
 
@@ -125,6 +152,7 @@ class Batcher:
     self._held = 0
     self._stopping = False
     self._thread: threading.Thread | None = None
+    self._dirty = False  # a batch ran since the heap was last trimmed
     self._batch_s = 1.0  # moving average of a device call's seconds, for Retry-After
     self.stats = collections.Counter(requests=0, batches=0, images=0, rejected=0, timeouts=0,
                                      errors=0)
@@ -276,6 +304,14 @@ class Batcher:
         if self._stopping:
           return None
         if self._held or not self._queue:
+          if self._dirty:  # idle after work: give freed heap pages back to the OS
+            self._dirty = False
+            self._cond.release()
+            try:
+              release_free_memory()
+            finally:
+              self._cond.acquire()
+            continue
           self._cond.wait()
           continue
         head = self._queue.popleft()
@@ -313,6 +349,7 @@ class Batcher:
       for job in batch:
         _deliver(job, None, e)
       return
+    self._dirty = True
     run_s = time.monotonic() - start
     self._batch_s = 0.8 * self._batch_s + 0.2 * run_s
     self._count("batches")

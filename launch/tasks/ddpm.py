@@ -249,6 +249,11 @@ class _Task:
     """The parameters to sample with: EMA ones if `use_ema`, else the trained ones."""
     return state.ema_params if self.use_ema else state.params
 
+  def sample_labels(self, num: int, label: Any = _FROM_SPEC) -> jax.Array | None:
+    """The int32 [num] labels a `sample(..., label=label)` call samples (None:
+    unconditional); by default the spec's rule (label -1: i mod num_classes)."""
+    return self._sample_labels(label, num)
+
   def _sample_labels(self, label: Any, num: int, spec: samplers.SamplingSpec | None = None
                      ) -> jax.Array | None:
     """The [num] int32 labels of a sample call (see the module docstring)."""
