@@ -223,7 +223,8 @@ class BodyLimit:
         return await self._refuse(400, "content-length", "content-length: not a byte count",
                                   scope, receive, send)
       if size > limit:
-        return await self._too_large(limit, scope, receive, send)
+        self.counts["too_large"] += 1
+        return await self._refuse(413, "body", self._message(limit), scope, receive, send)
     body = await self._read(scope, receive, limit)
     if not isinstance(body, bytes):
       status, field, detail = body
@@ -278,10 +279,6 @@ class BodyLimit:
   def _message(self, limit: int) -> str:
     which = "limits.max_upload_bytes" if limit == self.upload_bytes else "limits.max_body_bytes"
     return f"body: the request body exceeds the limit of {limit} bytes ({which})"
-
-  async def _too_large(self, limit: int, scope, receive, send):
-    self.counts["too_large"] += 1
-    return await self._refuse(413, "body", self._message(limit), scope, receive, send)
 
   async def _refuse(self, status: int, field: str, detail: str, scope, receive, send):
     # "connection: close": the unread rest of the body cannot start the next request.
