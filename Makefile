@@ -74,10 +74,10 @@ sample: setup
 demo: train sample
 
 test: setup-test data browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-slow: setup-test data browser
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=10
 
 clean:
 	rm -rf $(VENV) .jax_cache

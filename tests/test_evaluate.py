@@ -1,19 +1,18 @@
 """`--mode evaluate` on smoke workdirs (classifier, conditional DDPM, EBM) and on .npz files.
 
 Everything runs on `tfds.testing.mock_data`. The classifier (the feature
-network) is trained once per module; the generative workdirs hold their
+network) is the session's smoke classifier (tests/conftest.py, trained once
+and shared with the figure and JEM tests); the generative workdirs hold their
 initial state (the metrics do not need a trained model, and compiling their
 train steps would triple the time).
 """
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from launch import config as config_lib
 from launch import data as data_lib
@@ -21,33 +20,24 @@ from launch.eval import evaluate
 from launch.eval import feature_check
 from launch.config_errors import ConfigError
 from launch.eval import inception
-from launch import train as train_lib
 from launch import workdir as workdir_lib
-from workdirs import untrained as _untrained
+from helpers import MOCK_EXAMPLES, ROOT, untrained as _untrained
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MOCK_EXAMPLES = 40
 NUM_SAMPLES = 12
 PROTOCOL_FIELDS = ("num_samples", "sampler", "steps", "weights", "step", "seed",
                    "uint8_roundtrip")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def mock_data():
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    yield
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
 def _config(name, **overrides):
   return config_lib.load(f"{ROOT}/configs/{name}.py", overrides)
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("classifier")
-  config = config_lib.load(f"{ROOT}/configs/classifier_fashion_mnist.py:smoke")
-  state = train_lib.train_and_evaluate(config, workdir)
-  return config, workdir, state
+@pytest.fixture
+def classifier(smoke_classifier):
+  return smoke_classifier   # (config, workdir, state), trained once per session: conftest.py
 
 
 def _check_records(records, workdir):
@@ -76,7 +66,8 @@ def test_classifier_accuracy_and_real_data_floor(classifier):
     assert r["value"] >= 0
   _check_records(records, workdir)
   # The reference statistics were cached in the classifier workdir, keyed by the checkpoint.
-  cached = sorted(p.name for p in (workdir / "fd_reference").iterdir())
+  # (The classifier is the session's: other modules may have cached its accuracy there.)
+  cached = sorted(p.name for p in (workdir / "fd_reference").glob("*.npz"))
   assert cached == [f"fashion_mnist_test_n{MOCK_EXAMPLES}_step{config.train.steps}.npz"]
   floor = evaluate.real_data_floor(config, 8, str(workdir))
   assert floor["num_samples"] == 8 and floor["value"] > 0

@@ -1,7 +1,7 @@
 """`--mode figures` on smoke workdirs of every task (and `--mode evaluate` of the denoiser).
 
-Everything runs on `tfds.testing.mock_data`. The classifier is trained once
-per module; the generative workdirs hold their initial state (figures do not
+Everything runs on `tfds.testing.mock_data`. The classifier is the session's
+smoke classifier (tests/conftest.py); the generative workdirs hold their initial state (figures do not
 need a trained model, and compiling their train steps would triple the time).
 """
 import json
@@ -9,35 +9,20 @@ import math
 import pathlib
 
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from launch import config as config_lib
 from launch.eval import evaluate
 from launch import figure_mode
-from launch import train as train_lib
-from workdirs import untrained as _untrained
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MOCK_EXAMPLES = 40
+from helpers import ROOT, untrained as _untrained
 
 
-@pytest.fixture(scope="module", autouse=True)
-def mock_data():
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    yield
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
-def _train(tmp_path_factory, spec, **overrides):
-  workdir = tmp_path_factory.mktemp(spec.split(".")[0])
-  config = config_lib.load(f"{ROOT}/configs/{spec}", overrides)
-  train_lib.train_and_evaluate(config, workdir)
-  return config, workdir
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-  return _train(tmp_path_factory, "classifier_fashion_mnist.py:smoke")
+@pytest.fixture
+def classifier(smoke_classifier):
+  return smoke_classifier[:2]   # (config, workdir)
 
 
 @pytest.fixture(scope="module")

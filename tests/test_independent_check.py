@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import classifier_fashion_mnist
@@ -26,17 +25,14 @@ from launch.eval import evaluate
 from launch.eval import feature_check
 from launch.eval import nearest
 from launch.tasks import classifier as classifier_task
-from workdirs import untrained as _untrained
+from helpers import untrained as _untrained
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_EXAMPLES = 40
 NUM_SAMPLES = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def mock_data():
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    yield
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

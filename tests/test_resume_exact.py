@@ -7,16 +7,13 @@ The classifier's resume and the kill -9 test are in test_train_loop.py.
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from launch import config as config_lib
 from launch import train as train_lib
 
 
-@pytest.fixture(autouse=True)
-def mock_data():
-  with tfds.testing.mock_data(num_examples=64):
-    yield
+MOCK_EXAMPLES = 64
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
 def _assert_states_identical(a, b):

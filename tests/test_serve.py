@@ -4,9 +4,10 @@ The models are the smoke configs (unconditional DDPM, class-conditional DDPM
 with a null label, EBM), each a workdir with a checkpoint of its initial
 state written by the training loop's `Checkpointer` (the server needs a
 checkpoint, not a trained model; skipping the train-step compiles keeps the
-suite fast). One `Batcher` (queue + worker, warmed up once) is shared by the
-whole session and by tests/test_serve_browser.py; each test builds its app
-over it with `manage=False`.
+suite fast). One `Batcher` (queue + worker, warmed up once: the `batcher` fixture of
+tests/conftest.py) is shared by the whole session and by
+tests/test_serve_browser.py; each test builds its app over it with
+`manage=False`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import subprocess
 import sys
 
 import httpx
-import ml_collections
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -32,70 +32,20 @@ from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch.serve import app as serve
 from launch.serve import models as serve_models
+from launch.serve import schema as serve_schema
 from launch.serve import queue as serve_queue
-from launch import workdir as workdir_lib
 from launch.config_errors import ConfigError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SMOKE = {
-    "ddpm": f"{ROOT}/configs/ddpm_fashion_mnist.py:smoke",       # unconditional, T = 20
-    "cond": f"{ROOT}/configs/ddpm_mnist_conditional.py:smoke",   # 10 classes, guidance 2
-    "ebm": f"{ROOT}/configs/ebm_fashion_mnist.py:smoke",         # 28x28, 8 Langevin steps
-}
-BUCKETS = (4, 16)
+from helpers import BUCKETS, ROOT, SMOKE, serve_config
+
+SERVED = ("ddpm", "cond", "ebm")   # the shared batcher's models (tests/conftest.py)
 T = 20
 ODE_LIKE = ("dpmpp_2m", "dpmpp_2m_sde", "heun")   # the DPM-Solver / Heun samplers: steps < T
 
-_SHARED: dict[str, object] = {}
-
-
-def write_workdir(spec: str, workdir: pathlib.Path) -> pathlib.Path:
-  """A workdir with a checkpoint of `spec`'s initial state, as the loop writes it."""
-  config = config_lib.load(spec)
-  run = workdir_lib.prepare(config)
-  state = workdir_lib.init_state(run)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  try:
-    ckpt.save(1, state, config_lib.to_json(config), force=True)
-  finally:
-    ckpt.close()
-  (workdir / "config.json").write_text(config_lib.to_json(config))
-  return workdir
-
-
-def serve_config(workdirs: dict[str, pathlib.Path], **limits) -> ml_collections.ConfigDict:
-  config = serve_configs.get_config()
-  config.models = ml_collections.ConfigDict()
-  for name, workdir in workdirs.items():
-    config.models[name] = serve_configs.model(SMOKE[name], str(workdir))
-  config.limits.buckets = BUCKETS
-  config.limits.timeout_s = 300.0
-  for key, value in limits.items():
-    config.limits[key] = value
-  config.warmup = "default"
-  return config
-
-
-def shared_batcher(root: pathlib.Path) -> serve_queue.Batcher:
-  """The session's warmed-up batcher over the three smoke models (built once per process)."""
-  if "batcher" not in _SHARED:
-    workdirs = {name: write_workdir(spec, root / name) for name, spec in SMOKE.items()}
-    batcher = serve.build(serve_config(workdirs))
-    batcher.start()
-    assert batcher.wait_ready(900), batcher.error
-    _SHARED["batcher"], _SHARED["workdirs"] = batcher, workdirs
-  return _SHARED["batcher"]
-
 
 @pytest.fixture(scope="session")
-def batcher(tmp_path_factory):
-  return shared_batcher(tmp_path_factory.getbasetemp() / "serve_models")
-
-
-@pytest.fixture(scope="session")
-def workdirs(batcher):
-  del batcher
-  return _SHARED["workdirs"]
+def workdirs(smoke_workdir):
+  return {name: smoke_workdir(name) for name in SERVED}
 
 
 @pytest.fixture
@@ -144,7 +94,7 @@ def test_health_reports_ready_models_and_queue(client):
   assert r.status_code == 200
   body = r.json()
   assert body["status"] == "ready" and body["ready"] is True
-  assert {m["name"] for m in body["models"]} == set(SMOKE)
+  assert {m["name"] for m in body["models"]} == set(SERVED)
   assert all(m["programs"] >= len(BUCKETS) for m in body["models"])  # warm-up compiled
   assert body["queue_size"] == 32 and body["waiting"] == 0
 
@@ -164,7 +114,7 @@ def test_not_ready_answers_503_with_retry_after(batcher):
 def test_models_describes_tasks_shapes_classes_samplers_and_limits(client):
   body = client.get("/models").json()
   models = {m["name"]: m for m in body["models"]}
-  assert set(models) == set(SMOKE)
+  assert set(models) == set(SERVED)
   ddpm, cond, ebm = models["ddpm"], models["cond"], models["ebm"]
   assert (ddpm["task"], ddpm["dataset"], ddpm["image_shape"]) == ("ddpm", "fashion_mnist",
                                                                   [28, 28, 1])
@@ -174,7 +124,7 @@ def test_models_describes_tasks_shapes_classes_samplers_and_limits(client):
       "dpmpp_2m": (1, T - 1), "dpmpp_2m_sde": (1, T - 1), "heun": (1, T - 1)}
   ddim = next(s for s in ddpm["samplers"] if s["name"] == "ddim")
   assert ddim["steps_choices"] == sorted(
-      {v for v in serve_models.STEP_CHOICES if v <= T} | {ddim["steps_default"]})
+      {v for v in serve_schema.STEP_CHOICES if v <= T} | {ddim["steps_default"]})
   assert cond["conditional"] and cond["guidance"] and cond["num_classes"] == 10
   assert cond["classes"] == [str(i) for i in range(10)]  # MNIST
   assert (ebm["task"], ebm["image_shape"], ebm["default_sampler"]) == ("ebm", [28, 28, 1],
@@ -221,7 +171,7 @@ def test_openapi_documents_endpoints_and_a_request_without_paths(client):
   # Nothing in a request names a file, a workdir or a checkpoint.
   assert set(request["properties"]) == {"model", "num_images", "seed", "sampler", "steps", "eta",
                                         "label", "guidance", "step_size", "format"}
-  assert request["properties"]["model"]["enum"] == sorted(SMOKE)
+  assert request["properties"]["model"]["enum"] == sorted(SERVED)
   assert request["properties"]["num_images"]["maximum"] == 16
   assert request["additionalProperties"] is False
 
@@ -531,11 +481,8 @@ def test_unknown_paths_and_methods_are_4xx(client):
 
 
 @pytest.mark.slow
-def test_denoiser_is_served_with_its_one_step(tmp_path):
-  workdir = write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", tmp_path / "dn")
-  config = serve_config({})
-  config.models.dn = serve_configs.model(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke",
-                                         str(workdir))
+def test_denoiser_is_served_with_its_one_step(smoke_workdir):
+  config = serve_config({"dn": smoke_workdir("dn")})
   config.limits.buckets = (4,)
   one = serve.build(config).start()
   try:
@@ -560,7 +507,7 @@ def test_serve_configs_are_valid():
   for arg in (None, "all"):
     config = serve_configs.get_config(arg)
     serve._check_serve_config(config)  # pylint: disable=protected-access
-    limits = serve_models.Limits.from_config(config.limits)
+    limits = serve_schema.Limits.from_config(config.limits)
     assert limits.max_images == 64 and limits.bucket(5) == 16
   assert set(serve_configs.get_config("all").models) == {
       "ddpm_fashion_mnist", "ebm_fashion_mnist", "ddpm_mnist_conditional"}
@@ -574,7 +521,7 @@ def test_bad_limits_name_the_key(key, value):
   config = serve_configs.get_config()
   config.limits[key] = value
   with pytest.raises(ConfigError, match=f"config.limits.{key}="):
-    serve_models.Limits.from_config(config.limits)
+    serve_schema.Limits.from_config(config.limits)
 
 
 def test_bad_serve_configs_name_the_key(tmp_path, workdirs):

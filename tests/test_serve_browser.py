@@ -3,7 +3,7 @@
 Chromium (Debian's `chromium` package) is driven over the DevTools protocol
 with a small client on `websockets`; nothing is downloaded. The server is a
 real uvicorn on 127.0.0.1 (in a thread of this process) over the smoke models
-of tests/test_serve.py. The screenshot is kept as
+of tests/conftest.py (its `batcher`). The screenshot is kept as
 test-artifacts/serve_page.png. Skips only when no chromium binary is found.
 """
 from __future__ import annotations
@@ -25,7 +25,6 @@ import uvicorn
 from websockets.sync.client import connect
 
 from launch.serve import app as serve
-from test_serve import shared_batcher  # the session's warmed-up models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -88,10 +87,22 @@ class DevTools:
                 clickCount=1)
 
 
+def _error_status(browser, element_id: str) -> str:
+  """The text of the page's status line `element_id` once it shows an error."""
+  return browser.wait_for(f"(() => {{ const s = document.getElementById('{element_id}'); "
+                          "return s.classList.contains('error') && s.textContent; })()")
+
+
+def _assert_no_js_errors(browser) -> None:
+  errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
+      e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
+  assert not errors, errors
+
+
 @pytest.fixture(scope="module")
-def live_url(tmp_path_factory):
-  """A real uvicorn on 127.0.0.1 (free port) serving the smoke models."""
-  batcher = shared_batcher(tmp_path_factory.getbasetemp() / "serve_models")
+def live_url(batcher):
+  """A real uvicorn on 127.0.0.1 (free port) serving the session's warmed-up smoke models
+  (the `batcher` fixture of tests/conftest.py)."""
   server = uvicorn.Server(uvicorn.Config(serve.create_app(batcher, manage=False),
                                          host="127.0.0.1", port=0, log_level="warning"))
   thread = threading.Thread(target=server.run, daemon=True)
@@ -183,13 +194,10 @@ def test_page_generates_a_grid_on_click(browser, live_url):
   _set(browser, "sampler", "ddim")
   _set(browser, "steps", "999")
   browser.click("#generate")
-  status = browser.wait_for("(() => { const s = document.getElementById('status'); "
-                            "return s.classList.contains('error') && s.textContent; })()")
+  status = _error_status(browser, "status")
   assert status.startswith("error 422: steps: must be in [1, 20]"), status
 
-  errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
-      e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
-  assert not errors, errors
+  _assert_no_js_errors(browser)
 
 
 def test_api_docs_render_offline(browser, live_url):
@@ -286,9 +294,6 @@ def test_page_inpaints_denoises_and_scores_a_drawn_image(browser, live_url):
   _set(browser, "box-top", "20")
   _clear_status(browser)
   browser.click("#inpaint")
-  status = browser.wait_for("(() => { const s = document.getElementById('image-status'); "
-                            "return s.classList.contains('error') && s.textContent; })()")
+  status = _error_status(browser, "image-status")
   assert status.startswith("error 422: height: top + height = 35 exceeds"), status
-  errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown" or (
-      e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] == "error")]
-  assert not errors, errors
+  _assert_no_js_errors(browser)

@@ -12,13 +12,7 @@ make room, and the server still answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import pathlib
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -26,85 +20,22 @@ import pytest
 
 from launch.serve import app as serve
 from launch.serve import connections
-from test_serve import write_workdir
+from helpers import SMOKE, free_port, running_server, serve_config_file
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 HEADER_TIMEOUT_S = 6.0
 MAX_CONNECTIONS = 1100
 IDLE, SLOW = 1000, 50
 
-_CONFIG = '''
-import ml_collections
-from configs import serve
-
-
-def get_config(arg=None):
-  c = serve.get_config()
-  c.port = {port}
-  c.log_level = "warning"
-  c.models = ml_collections.ConfigDict()
-  c.models.dn = serve.model("", {workdir!r})  # "": the workdir's config.json
-  c.limits.buckets = (4,)
-  c.limits.header_timeout_s = {header_timeout}
-  c.limits.keep_alive_s = 1.0
-  c.limits.max_connections = {max_connections}
-  c.warmup = "default"
-  return c
-'''
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def dn_workdir(tmp_path_factory) -> pathlib.Path:
-  root = tmp_path_factory.mktemp("serve_connections")
-  return write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", root / "dn")
-
-
-@contextlib.contextmanager
-def running_server(args: list[str], port: int, log_path: pathlib.Path):
-  """(url, process) of a server subprocess (`python -m ARGS`), once GET /health on `port`
-  answers 200."""
-  env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-  log = open(log_path, "w")
-  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  start = time.monotonic()
-  try:
-    while True:
-      assert proc.poll() is None, log_path.read_text()[-3000:]
-      try:
-        if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-          break
-      except httpx.HTTPError:
-        pass
-      assert time.monotonic() - start < 300, "server not ready after 300 s"
-      time.sleep(0.5)
-    yield url, proc
-  finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(60)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def server(dn_workdir):
+def server(smoke_workdir, tmp_path_factory):
   """(url, port) of a warmed-up `python -m launch.serve` (stopped with SIGTERM at the end)."""
+  root = tmp_path_factory.mktemp("serve_connections")
   port = free_port()
-  config_file = dn_workdir.parent / "config.py"
-  config_file.write_text(_CONFIG.format(port=port, workdir=str(dn_workdir),
-                                        header_timeout=HEADER_TIMEOUT_S,
-                                        max_connections=MAX_CONNECTIONS))
-  with running_server(["launch.serve", "--config", str(config_file)], port,
-                dn_workdir.parent / "server.log") as (url, _):
+  config_file = serve_config_file(root / "config.py", port, {"dn": smoke_workdir("dn")},
+                                  buckets=(4,), header_timeout_s=HEADER_TIMEOUT_S,
+                                  keep_alive_s=1.0, max_connections=MAX_CONNECTIONS)
+  with running_server(config_file, port, root / "server.log") as (url, _):
     yield url, port
 
 
@@ -199,6 +130,41 @@ def test_beyond_max_connections_the_oldest_idle_ones_are_closed(server):
   assert max(closed) < len(sockets) - 100  # by closing the oldest
 
 
+@pytest.mark.parametrize("size, chunk", [(20_000, 30_000), (20_000, 1000), (300_000, 65536)],
+                         ids=["20k_one_read", "20k_in_1k_reads", "300k"])
+def test_headers_over_max_header_bytes_are_refused_and_closed(server, size, chunk):
+  """Headers that do not end within `limits.max_header_bytes` (16 KiB) are answered 431
+  (the JSON error naming `headers`) and the connection closed at once, whether they come
+  in one read or many; the server answers the next client."""
+  url, port = server
+  request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
+  with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    t0 = time.monotonic()
+    try:
+      for i in range(0, len(request), chunk):
+        s.sendall(request[i:i + chunk])
+        time.sleep(0.01)
+    except OSError:   # closed by the server while sending: the answer is still read below
+      pass
+    answer = b""
+    try:
+      while data := s.recv(65536):
+        answer += data
+    except ConnectionResetError:
+      pass
+    closed_s = time.monotonic() - t0
+  assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+  assert b'"field": "headers"' in answer and b"connection: close" in answer
+  assert closed_s < 5.0
+  assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_headers_within_max_header_bytes_are_served(server):
+  url, _ = server
+  r = httpx.get(f"{url}/health", headers={"X-Big": "a" * 15_000}, timeout=10)
+  assert r.status_code == 200
+
+
 def test_requests_beyond_max_requests_get_the_json_503_with_retry_after():
   release = asyncio.Event()
 
@@ -225,14 +191,14 @@ def test_requests_beyond_max_requests_get_the_json_503_with_retry_after():
   assert third.json()["detail"].startswith("server: too many requests in progress")
 
 
-def test_launch_mode_serve_takes_the_server_settings(dn_workdir):
+def test_launch_mode_serve_takes_the_server_settings(smoke_workdir, tmp_path):
   """`python -m launch --mode serve` takes --config.serve.* as launch.serve takes --config.*."""
   port = free_port()
   args = ["launch", "--mode", "serve", "--config",
-          f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", "--workdir", str(dn_workdir),
+          SMOKE["dn"], "--workdir", str(smoke_workdir("dn")),
           f"--config.serve.port={port}", "--config.serve.warmup=none",
           "--config.serve.limits.buckets=(8,)", "--config.serve.log_level=warning"]
-  with running_server(args, port, dn_workdir.parent / "mode_serve.log") as (url, _):
+  with running_server(args, port, tmp_path / "mode_serve.log") as (url, _):
     limits = httpx.get(f"{url}/models").json()["limits"]
     r = httpx.post(f"{url}/generate", json={"num_images": 2, "seed": 0}, timeout=120)
   assert limits["buckets"] == [8] and limits["max_images"] == 8

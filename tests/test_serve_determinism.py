@@ -24,15 +24,16 @@ from launch import config as config_lib
 from launch import figures
 from launch import train as train_lib
 from launch.serve import models as serve_models
+from launch.serve import schema as serve_schema
 from launch.serve import queue as serve_queue
-from test_serve import SMOKE, write_workdir
+from helpers import SMOKE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUCKETS = (4, 16)
 
 
-def _limits() -> serve_models.Limits:
-  return serve_models.Limits.from_config(ml_collections.ConfigDict(
+def _limits() -> serve_schema.Limits:
+  return serve_schema.Limits.from_config(ml_collections.ConfigDict(
       {"buckets": BUCKETS, "chunk": 4}))
 
 
@@ -46,9 +47,9 @@ def trained_ddpm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def random_ddpm(tmp_path_factory):
+def random_ddpm(smoke_workdir):
   """The smoke DDPM with random weights everywhere (its zero-initialised output layer too)."""
-  workdir = write_workdir(SMOKE["ddpm"], tmp_path_factory.mktemp("determinism") / "ddpm0")
+  workdir = smoke_workdir("ddpm")
   model = serve_models.load_model("ddpm", serve_configs.model(SMOKE["ddpm"], str(workdir)),
                                   _limits())
   leaves, treedef = jax.tree.flatten(model.params)
@@ -59,13 +60,13 @@ def random_ddpm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ebm(tmp_path_factory):
-  workdir = write_workdir(SMOKE["ebm"], tmp_path_factory.mktemp("determinism") / "ebm")
+def ebm(smoke_workdir):
+  workdir = smoke_workdir("ebm")
   return serve_models.load_model("ebm", serve_configs.model(SMOKE["ebm"], str(workdir)),
                                  _limits())
 
 
-def _job(model, options: serve_models.Options) -> serve_queue.Job:
+def _job(model, options: serve_schema.Options) -> serve_queue.Job:
   return serve_queue.Job(model=model, plan=model.plan(options), seed=options.seed,
                          num=options.num_images, deadline=0.0, loop=None, future=None,
                          submitted=0.0)
@@ -85,7 +86,7 @@ def _check_batch_independence(model, options: dict, seed_base: int, num_seeds: i
   seeds = [seed_base + s for s in range(num_seeds)]
   reference = {}
   for seed in seeds:
-    (images,) = _run(batcher, [_job(model, serve_models.Options(num_images=16, seed=seed,
+    (images,) = _run(batcher, [_job(model, serve_schema.Options(num_images=16, seed=seed,
                                                                 **options))])
     for i, x in enumerate(images):
       reference[seed, i] = x
@@ -100,7 +101,7 @@ def _check_batch_independence(model, options: dict, seed_base: int, num_seeds: i
     jobs, slots = [], 0
     while pending and slots + limits.slots(pending[-1][1]) <= limits.max_images:
       seed, n = pending.pop()
-      jobs.append(_job(model, serve_models.Options(num_images=n, seed=seed, **options)))
+      jobs.append(_job(model, serve_schema.Options(num_images=n, seed=seed, **options)))
       slots += limits.slots(n)
       if rng.random() < 0.3:
         break  # some calls fill only the small bucket

@@ -1,8 +1,8 @@
 """The image endpoints of the server: /inpaint, /denoise, /energy and /examples (EBMs).
 
-The model is the smoke EBM of tests/test_serve.py (a workdir with a
-checkpoint of its initial state; 28x28x1, 8 Langevin steps), served by its
-own batcher with no warm-up (each test compiles only the programs it uses,
+The models are the smoke EBM and JEM of tests/helpers.py (workdirs with a
+checkpoint of their initial state; 28x28x1, 8 Langevin steps), served by a
+batcher of this module with no warm-up (each test compiles only the programs it uses,
 at 1-3 Langevin steps). Every upload the server must refuse (not a PNG,
 truncated, a decompression bomb, too many bytes, the wrong size, bit depth
 or channels, a mask outside the image or empty) gets a 4xx whose `field`
@@ -26,24 +26,20 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from configs import serve as serve_configs
 from launch import figures
 from launch.serve import app as serve
-from launch.serve import models as serve_models
+from launch.serve import schema as serve_schema
 from launch.serve import uploads
-from test_serve import ROOT, SMOKE, serve_config, write_workdir
+from helpers import serve_config
 
 H, W = 28, 28
 MAX_UPLOAD = 16384
-JEM = f"{ROOT}/configs/ebm_fashion_mnist.py:conditional_smoke"  # 10 classes, E(x, y) = -f(x)[y]
 
 
 @pytest.fixture(scope="module")
-def batcher(tmp_path_factory):
-  root = tmp_path_factory.mktemp("serve_images")
-  config = serve_config({"ebm": write_workdir(SMOKE["ebm"], root / "ebm")},
+def batcher(smoke_workdir):  # this module's own: no warm-up, a small upload bound
+  config = serve_config({"ebm": smoke_workdir("ebm"), "jem": smoke_workdir("jem")},
                         max_upload_bytes=MAX_UPLOAD)
-  config.models.jem = serve_configs.model(JEM, str(write_workdir(JEM, root / "jem")))
   config.warmup = "none"
   b = serve.build(config).start()
   assert b.wait_ready(60), b.error
@@ -109,7 +105,7 @@ def test_models_lists_the_image_operations_and_upload_limits(client, batcher):
   assert (options["inpaint"]["steps_default"], options["denoise"]["steps_default"]) == (
       restoration.inpaint_steps, restoration.denoise_steps) == (3, 2)
   assert set(options["inpaint"]["steps_choices"]) == {
-      v for v in serve_models.STEP_CHOICES if v <= 1024}
+      v for v in serve_schema.STEP_CHOICES if v <= 1024}
   assert options["sigma_default"] == restoration.denoise_sigma
   assert body["limits"]["max_upload_bytes"] == MAX_UPLOAD
   spec = client.get("/openapi.json").json()

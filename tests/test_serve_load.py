@@ -12,106 +12,38 @@ The same measurement against any running server: `python -m launch.serve.load`.
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from launch import checkpoint as checkpoint_lib
-from launch import config as config_lib
 from launch.serve import load as serve_load
-from launch import workdir as workdir_lib
+from helpers import ROOT, free_port, running_server, serve_config_file, write_workdir
 
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 REQUESTS = int(os.environ.get("SERVE_LOAD_REQUESTS", "200"))
 MEASURE = int(os.environ.get("SERVE_LOAD_MEASURE", "40"))
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _write_workdir(workdir: pathlib.Path) -> None:
-  config = config_lib.load(f"{ROOT}/configs/ddpm_fashion_mnist.py",
-                           {"sample.sampler": "ddim", "sample.steps": 50})
-  run = workdir_lib.prepare(config)
-  state = workdir_lib.init_state(run)
-  ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  try:
-    ckpt.save(1, state, config_lib.to_json(config), force=True)
-  finally:
-    ckpt.close()
-  (workdir / "config.json").write_text(config_lib.to_json(config))
-
-
-_CONFIG = '''
-import ml_collections
-from configs import serve
-
-
-def get_config(arg=None):
-  c = serve.get_config()
-  c.port = {port}
-  c.log_level = "warning"
-  c.models = ml_collections.ConfigDict()
-  c.models.fmnist = serve.model("", {workdir!r})  # "": the workdir's config.json
-  c.limits.timeout_s = 600.0
-  c.warmup = "default"
-  return c
-'''
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
   """(url, process) of a warmed-up server; at the end SIGTERM must stop it cleanly."""
   root = tmp_path_factory.mktemp("serve_load")
-  workdir = root / "ddpm_fashion_mnist"
-  _write_workdir(workdir)
-  port = _free_port()
-  config_file = root / "serve_load_config.py"
-  config_file.write_text(_CONFIG.format(port=port, workdir=str(workdir)))
+  workdir = write_workdir(f"{ROOT}/configs/ddpm_fashion_mnist.py", root / "ddpm_fashion_mnist",
+                          {"sample.sampler": "ddim", "sample.steps": 50})
+  port = free_port()
+  config_file = serve_config_file(root / "serve_load_config.py", port, {"fmnist": workdir},
+                                  timeout_s=600.0)
   ARTIFACTS.mkdir(exist_ok=True)
-  log = open(ARTIFACTS / "serve_load_server.log", "w")
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"),
-         "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-  proc = subprocess.Popen([sys.executable, "-m", "launch.serve", "--config", str(config_file)],
-                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-  url = f"http://127.0.0.1:{port}"
-  start = time.monotonic()
-  try:
-    while True:
-      assert proc.poll() is None, f"server exited with {proc.returncode}; see {log.name}"
-      try:
-        if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-          break
-      except httpx.HTTPError:
-        pass
-      assert time.monotonic() - start < 900, "server not ready after 900 s"
-      time.sleep(1)
-    print(f"\nserver ready after {time.monotonic() - start:.1f} s (load, compile, warm-up)")
+  log = ARTIFACTS / "serve_load_server.log"
+  with running_server(config_file, port, log, ready_s=900, stop_s=120) as (url, proc):
     yield url, proc
-  finally:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      code = proc.wait(120)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      code = None
-    log.close()
   # uvicorn shuts down gracefully, then re-raises the signal: exit status -SIGTERM.
-  assert code in (0, -signal.SIGTERM), f"server killed (exit {code}); see {log.name}"
-  assert "serve: stopped" in (ARTIFACTS / "serve_load_server.log").read_text(), (
-      "no graceful shutdown")
+  assert proc.returncode in (0, -signal.SIGTERM), (
+      f"server killed (exit {proc.returncode}); see {log}")
+  assert "serve: stopped" in log.read_text(), "no graceful shutdown"
 
 
 def test_bounded_load_no_server_errors_valid_answers_bounded_memory(server):

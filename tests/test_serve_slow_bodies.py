@@ -27,34 +27,12 @@ import pytest
 from PIL import Image
 from PIL import PngImagePlugin
 
-from test_serve import SMOKE, write_workdir
-from test_serve_connections import ROOT, free_port, running_server
+from helpers import free_port, running_server, serve_config_file
 
 REQUEST_TIMEOUT_S = 12.0
 GRACE_S = 2.0
 MIN_RATE = 64.0     # bytes/s
 TRICKLERS = 300
-
-_CONFIG = '''
-import ml_collections
-from configs import serve
-
-
-def get_config(arg=None):
-  c = serve.get_config()
-  c.port = {port}
-  c.log_level = "warning"
-  c.models = ml_collections.ConfigDict()
-  c.models.dn = serve.model("", {dn!r})
-  c.models.ebm = serve.model("", {ebm!r})
-  c.limits.buckets = (4,)
-  c.limits.request_timeout_s = {timeout}
-  c.limits.body_rate_grace_s = {grace}
-  c.limits.min_body_rate = {rate}
-  c.limits.max_programs = 4
-  c.warmup = "default"
-  return c
-'''
 
 
 def _png() -> bytes:
@@ -84,17 +62,21 @@ def _start_upload(port: int, length: int = len(_multipart(PNG))) -> socket.socke
   return s
 
 
+_RECEIVED: dict[socket.socket, list[bytes]] = {}
+
+
 def _answer(s: socket.socket) -> bytes | None:
-  """What the server sent on `s` and whether it closed it: bytes once closed, else None."""
-  chunks = []
+  """What the server sent on `s` once it closed it (EOF or reset), else None; bytes read
+  before the close are kept between calls."""
+  chunks = _RECEIVED.setdefault(s, [])
   try:
     while True:
       data = s.recv(65536)
       if not data:
-        return b"".join(chunks)
+        return b"".join(_RECEIVED.pop(s))
       chunks.append(data)
   except (ConnectionResetError, BrokenPipeError):
-    return b"".join(chunks)
+    return b"".join(_RECEIVED.pop(s))
   except BlockingIOError:
     return None
 
@@ -107,18 +89,15 @@ def _rss_mib(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(smoke_workdir, tmp_path_factory):
   """(url, port, pid) of a warmed-up server with short body bounds."""
   root = tmp_path_factory.mktemp("serve_slow_bodies")
-  dn = write_workdir(f"{ROOT}/configs/denoiser_fashion_mnist.py:smoke", root / "dn")
-  ebm = write_workdir(SMOKE["ebm"], root / "ebm")
   port = free_port()
-  config_file = root / "config.py"
-  config_file.write_text(_CONFIG.format(port=port, dn=str(dn), ebm=str(ebm),
-                                        timeout=REQUEST_TIMEOUT_S, grace=GRACE_S,
-                                        rate=MIN_RATE))
-  with running_server(["launch.serve", "--config", str(config_file)], port,
-                      root / "server.log") as (url, proc):
+  config_file = serve_config_file(
+      root / "config.py", port, {"dn": smoke_workdir("dn"), "ebm": smoke_workdir("ebm")},
+      buckets=(4,), request_timeout_s=REQUEST_TIMEOUT_S, body_rate_grace_s=GRACE_S,
+      min_body_rate=MIN_RATE, max_programs=4)
+  with running_server(config_file, port, root / "server.log") as (url, proc):
     yield url, port, proc.pid
 
 
@@ -199,6 +178,33 @@ def test_a_slow_body_is_cut_within_the_deadline(server, bytes_per_s, length, lim
   if limit == b"limits.request_timeout_s":
     assert cut_s >= REQUEST_TIMEOUT_S - 1.5
   assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
+def test_a_client_still_sending_an_oversized_body_reads_its_413(server, declared):
+  """The server answers 413 while the client is still sending a 2 MB body: it must read
+  that answer, not a reset (the server's close lingers, draining what is still sent)."""
+  _, port, _ = server
+  body = b"x" * 2_000_000
+  length = (f"Content-Length: {len(body)}" if declared else "Transfer-Encoding: chunked")
+  s = socket.create_connection(("127.0.0.1", port), timeout=10)
+  s.sendall((f"POST /energy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+             f"boundary={BOUNDARY}\r\n{length}\r\n\r\n").encode())
+  try:
+    for i in range(0, len(body), 65536):
+      chunk = body[i:i + 65536]
+      s.sendall(chunk if declared else f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+  except OSError:
+    pass   # the server stopped reading: what it answered is read below
+  answer = b""
+  try:
+    while data := s.recv(65536):
+      answer += data
+  except ConnectionResetError:
+    pass
+  s.close()
+  assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+  assert b"limits.max_upload_bytes" in answer
 
 
 @pytest.mark.slow   # ~160 s: 40 programs compiled and evicted

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
@@ -12,10 +11,8 @@ from launch import train as train_lib
 DENOISER = "configs/denoiser_fashion_mnist.py:smoke"
 
 
-@pytest.fixture(autouse=True)
-def mock_fashion_mnist():
-  with tfds.testing.mock_data(num_examples=64):
-    yield
+MOCK_EXAMPLES = 64
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
 def _config(**overrides):

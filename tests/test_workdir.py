@@ -8,7 +8,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
@@ -22,10 +21,7 @@ DDPM = f"{ROOT}/configs/ddpm_fashion_mnist.py:smoke"
 MOCK_EXAMPLES = 64
 
 
-@pytest.fixture(autouse=True)
-def mock_fashion_mnist():
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    yield
+pytestmark = pytest.mark.usefixtures("mock_data")   # tests/conftest.py
 
 
 def _config(**overrides):
