@@ -11,8 +11,10 @@ request, /health included, get uvicorn's plain-text 503. Here instead:
   connections cost only a file descriptor and a few KiB.
 - A connection must complete its request headers within
   `limits.header_timeout_s` of being opened or of its previous response, or
-  it is closed (`GuardedH11Protocol`); h11 refuses headers over
-  `limits.max_header_bytes`.
+  it is closed (`GuardedH11Protocol`). A request whose headers do not end
+  within `limits.max_header_bytes` is answered 431 and closed, however its
+  bytes were split into reads (h11's own bound applies only to headers still
+  incomplete after a read: 20 KiB of headers arriving in one read passed it).
 - A whole request, headers and body, must arrive within
   `limits.request_timeout_s` of its first byte, and after the first
   `limits.body_rate_grace_s` seconds at `limits.min_body_rate` bytes/s on
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import resource
 
 from absl import logging
@@ -74,7 +77,17 @@ def raise_fd_limit(max_connections: int) -> int:
   return min(max_connections, fits)
 
 
-def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
+def _header_refusal(max_header_bytes: int) -> bytes:
+  body = json.dumps({"detail": f"headers: more than limits.max_header_bytes = "
+                               f"{max_header_bytes} bytes", "field": "headers",
+                     "errors": []}).encode()
+  return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+          b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
+          + body)
+
+
+def guarded_protocol(header_timeout_s: float, max_connections: int,
+                     max_header_bytes: int = 0) -> type[H11Protocol]:
   """An uvicorn HTTP protocol class (`uvicorn.run(http=...)`) with the bounds above.
 
   Args:
@@ -82,6 +95,8 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
       headers, from its opening or from its previous response.
     max_connections: open connections at most; beyond, the oldest idle one
       is closed.
+    max_header_bytes: a request's headers must end within this many bytes,
+      else 431 and the connection is closed (0 = h11's bound alone).
 
   Returns:
     A subclass of uvicorn's H11Protocol; its class attribute `opened` and
@@ -92,7 +107,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
     """H11Protocol with a header deadline and a connection cap (one per server)."""
     open_connections: "collections.OrderedDict[GuardedH11Protocol, None]" = (
         collections.OrderedDict())
-    counts = collections.Counter(opened=0, closed_idle=0, evicted=0)
+    counts = collections.Counter(opened=0, closed_idle=0, evicted=0, headers_too_large=0)
 
     def connection_made(self, transport):  # type: ignore[override]
       super().connection_made(transport)
@@ -114,6 +129,16 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11P
           break
 
     def data_received(self, data: bytes) -> None:
+      if max_header_bytes and not self.in_request:   # receiving a request's headers
+        head = self.conn.trailing_data[0] + data       # what h11 holds of them, and the new bytes
+        if (len(head) > max_header_bytes
+            and b"\r\n\r\n" not in head[:max_header_bytes + 4]):
+          type(self).counts["headers_too_large"] += 1
+          type(self).open_connections.pop(self, None)
+          self._disarm()
+          self.transport.write(_header_refusal(max_header_bytes))
+          self.transport.close()
+          return
       if self._request_started is None:  # the first byte of a request: its clock starts
         self._request_started = self.loop.time()
         # uvicorn copies app_state into the request's scope["state"]: BodyLimit reads it.

@@ -30,7 +30,8 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
-from launch.serve.models import Limits, Plan, ServedModel, WARMUP
+from launch.serve.models import ServedModel
+from launch.serve.schema import WARMUP, Limits, Plan
 
 
 class QueueFull(Exception):
@@ -364,7 +365,7 @@ class Batcher:
 
     Image i of a job sits at place i mod chunk of a chunk whatever the job
     was batched with, so it is computed the same way in every batch (see
-    `launch.serve.models`).
+    `launch.serve.programs`).
 
     Returns:
       (bucket, offsets: each job's first place, seeds [bucket], index
