@@ -70,16 +70,13 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
-import types
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from etils import epath
 
 from launch import checkpoint as checkpoint_lib
@@ -87,9 +84,13 @@ from launch import data as data_lib
 from launch import figures
 from launch import sample as sample_lib
 from launch.eval import feature_check
-from launch.eval import frechet
-from launch.eval import nearest
 from launch.eval import nll
+from launch.eval import scores
+from launch.eval.scores import (CLASSIFIER_COMMAND, INDEPENDENT_COMMAND,
+                                 MissingClassifierError, classifier_from_state,
+                                 classifier_scores, inception_scores, independent_scores,
+                                 load_classifier, load_independent, missing_classifier_message,
+                                 nearest_train, real_data_floor)
 from launch import tasks
 from launch import workdir as workdir_lib
 
@@ -97,401 +98,8 @@ from launch import workdir as workdir_lib
 PINNED_SAMPLER = {"sampler": "ddim", "steps": 100, "eta": 0.0, "clip_x0": True,
                   "spacing": "uniform"}
 FLOOR_SIZES = (1000, 10_000)
-CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py "
-                      "--workdir runs/classifier_fashion_mnist")
-INDEPENDENT_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py:independent "
-                       "--workdir runs/classifier_independent")
-# Records of the independent network: classifier_scores' metric -> its name here.
-INDEPENDENT_METRICS = {"fd_fmnist": "fd_independent", "class_histogram": "entropy_independent",
-                       "class_accuracy": "class_accuracy_independent"}
-FID_REFERENCE_SPLIT = "train"   # CIFAR-10: the DDPM paper's FID is against the train set
 _EVAL_STREAM = 0x45564C         # fold_in tag of the evaluation's sampling key
 _RESTORE_STREAM = 0x525354      # fold_in tag of the EBM restoration's corruptions and chains
-_FEATURE_BATCH = 500
-
-
-class MissingClassifierError(FileNotFoundError):
-  """`eval.classifier_workdir` is unset or holds no trained classifier."""
-
-
-def missing_classifier_message(workdir: str | None, key: str = "eval.classifier_workdir") -> str:
-  if key == "eval.independent_workdir":
-    return (f"config.eval.independent_workdir={str(workdir)!r} holds no trained classifier. "
-            f"Train the independent network once with\n  {INDEPENDENT_COMMAND}\nthen pass "
-            f"--config.eval.independent_workdir=runs/classifier_independent (or set it to '' "
-            f"to skip the independent check)")
-  if not workdir:
-    where = "config.eval.classifier_workdir is not set"
-  else:
-    where = f"config.eval.classifier_workdir={str(workdir)!r} holds no trained classifier"
-  return (f"FD-fmnist and the class metrics need the trained Fashion-MNIST classifier, but "
-          f"{where}. Train it once (a few minutes on CPU) with\n  {CLASSIFIER_COMMAND}\n"
-          f"then pass --config.eval.classifier_workdir=runs/classifier_fashion_mnist")
-
-
-def _data(data_config, **changes) -> types.SimpleNamespace:
-  """An unlocked copy of a `data` section (anything `launch.data` accepts)."""
-  d = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(vars(data_config))
-  d.update(changes)
-  return types.SimpleNamespace(**d)
-
-
-# ----------------------------------------------------------------------------
-# The classifier as a feature network.
-
-
-def _center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  h, w = x.shape[1:3]
-  th, tw = size
-  if (h, w) == (th, tw):
-    return x
-  if h < th or w < tw:
-    raise ValueError(f"images of {h}x{w} are smaller than the classifier's {th}x{tw}")
-  top, left = (h - th) // 2, (w - tw) // 2   # undoes data.pad_to_32's centred padding
-  return x[:, top:top + th, left:left + tw]
-
-
-@dataclasses.dataclass
-class Classifier:
-  """A trained classifier workdir used as feature network.
-
-  Attributes:
-    workdir: its workdir (the reference statistics are cached there).
-    config: its config.
-    task: its `ClassifierTask`.
-    params: the weights used (EMA when its sample.use_ema).
-    step: the checkpoint's step.
-  """
-  workdir: str
-  config: Any
-  task: Any
-  params: Any
-  step: int
-
-  @property
-  def dataset(self) -> str:
-    return self.config.data.name
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.task.image_shape)
-
-  @functools.cached_property
-  def _apply(self):
-    return jax.jit(self.task.apply)
-
-  def features(self, images, batch_size: int = _FEATURE_BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features and logits of images in [-1, 1].
-
-    Args:
-      images: float [N, H, W, C] in [-1, 1]; larger than the classifier's
-        input (e.g. 32x32 padded MNIST) they are centre-cropped.
-      batch_size: images per forward pass (every pass has this shape).
-
-    Returns:
-      (features [N, D], logits [N, K]) float32 NumPy arrays.
-    """
-    x = np.asarray(images, np.float32)
-    if x.ndim != 4 or x.shape[-1] != self.image_shape[-1]:
-      raise ValueError(f"images must be [N, H, W, {self.image_shape[-1]}] for the classifier "
-                       f"in {self.workdir}, got shape {x.shape}")
-    x = _center_crop(x, self.image_shape[:2])
-    n = x.shape[0]
-    bs = max(1, min(batch_size, n))
-    feats, logits = [], []
-    for start in range(0, n, bs):
-      batch = x[start:start + bs]
-      valid = batch.shape[0]
-      if valid < bs:
-        batch = np.concatenate([batch, np.zeros((bs - valid,) + batch.shape[1:], np.float32)])
-      f, l = self._apply(self.params, batch)
-      feats.append(np.asarray(f)[:valid])
-      logits.append(np.asarray(l)[:valid])
-    return np.concatenate(feats), np.concatenate(logits)
-
-
-def classifier_from_state(config, workdir: str, task, state) -> Classifier:
-  """The Classifier of a state restored on one device (`task.sample_params` picks the weights)."""
-  return Classifier(str(workdir), config, task, task.sample_params(state),
-                    int(jax.device_get(state.step)))
-
-
-def load_classifier(workdir: str | os.PathLike | None, key: str = "eval.classifier_workdir"
-                    ) -> Classifier:
-  """The classifier trained in `workdir` (configs/classifier_fashion_mnist.py).
-
-  Args:
-    workdir: its workdir.
-    key: the config key that named it ("eval.classifier_workdir" or
-      "eval.independent_workdir"), for the messages.
-
-  Raises:
-    MissingClassifierError: `workdir` is empty or holds no checkpoint; the
-      message says how to train the classifier.
-  """
-  if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
-    raise MissingClassifierError(missing_classifier_message(workdir and str(workdir), key))
-  config = workdir_lib.load_config(workdir)
-  if config.task != "classifier":
-    command = INDEPENDENT_COMMAND if key == "eval.independent_workdir" else CLASSIFIER_COMMAND
-    raise ValueError(f"config.{key}={str(workdir)!r} holds a {config.task!r} run, not a "
-                     f"classifier; train one with\n  {command}")
-  run, state = workdir_lib.load_trained(str(workdir), config, device=jax.local_devices()[0])
-  return classifier_from_state(config, str(workdir), run.task, state)
-
-
-def _split_images(data_config, split: str, limit: int | None = None) -> np.ndarray:
-  """The first `limit` (all: None) images of a split, float [N, H, W, C] in [-1, 1]."""
-  parts, n = [], 0
-  for batch in data_lib.eval_batches(data_config, split, _FEATURE_BATCH):
-    parts.append(batch["image"])
-    n += len(batch["image"])
-    if limit is not None and n >= limit:
-      break
-  x = np.concatenate(parts)
-  return x if limit is None else x[:limit]
-
-
-def _save_stats_atomic(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> None:
-  if jax.process_index() != 0:
-    return
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    frechet.save_stats(str(tmp), mu, sigma)
-    os.replace(str(tmp), str(path))
-  except OSError as e:  # a read-only feature-network directory: recompute next time
-    logging.warning("could not cache reference statistics at %s: %s", path, e)
-
-
-def reference_stats(classifier: Classifier, data_config, split: str
-                    ) -> tuple[np.ndarray, np.ndarray, int]:
-  """Feature mean and covariance of a whole real split, cached in the classifier workdir.
-
-  The split is the dataset `data_config.name` names, prepared as the
-  classifier's training data (its data.pad_to_32), all examples (no
-  data.num_examples limit). The cache,
-  CLASSIFIER_WORKDIR/fd_reference/<dataset>_<split>_n<N>_step<step>.npz, is
-  keyed by dataset, split, size and classifier checkpoint.
-
-  Returns:
-    (mu [D], sigma [D, D], N).
-  """
-  data = _data(data_config, num_examples=-1, pad_to_32=bool(classifier.config.data.pad_to_32))
-  n = data_lib.get_info(data, split).num_examples
-  path = (epath.Path(classifier.workdir) / "fd_reference"
-          / f"{data.name}_{split}_n{n}_step{classifier.step}.npz")
-  if path.exists():
-    mu, sigma = frechet.load_stats(str(path))
-    return mu, sigma, n
-  features, _ = classifier.features(_split_images(data, split))
-  mu, sigma = frechet.feature_stats(features)
-  _save_stats_atomic(path, mu, sigma)
-  return mu, sigma, n
-
-
-def _fd_metric_name(classifier: Classifier) -> str:
-  return "fd_fmnist" if classifier.dataset == "fashion_mnist" else f"fd_{classifier.dataset}"
-
-
-def _features_field(classifier: Classifier, dim: int) -> str:
-  return f"penultimate ({dim}-d) of the classifier in {classifier.workdir} (step {classifier.step})"
-
-
-def classifier_scores(classifier: Classifier, images_uint8: np.ndarray, data_config, *,
-                      labels: np.ndarray | None = None, split: str = "test") -> list[dict]:
-  """FD-fmnist, class histogram and (with labels) class accuracy of uint8 images.
-
-  Args:
-    classifier: the feature network.
-    images_uint8: [N, H, W, C] uint8 samples, N >= 2.
-    data_config: the `data` section naming the reference dataset.
-    labels: optional [N] int labels the samples were generated for.
-    split: the reference split.
-
-  Returns:
-    Records: {metric "fd_fmnist", value, reference_split, reference_size,
-    features}, {metric "class_histogram", value = entropy of the predicted
-    class frequencies / log K (1 = balanced), counts}, and with labels
-    {metric "class_accuracy", value, per_class}.
-  """
-  images_uint8 = np.asarray(images_uint8)
-  if images_uint8.dtype != np.uint8:
-    raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
-  mu_ref, sigma_ref, n_ref = reference_stats(classifier, data_config, split)
-  features, logits = classifier.features(figures.from_uint8(images_uint8))
-  fd = frechet.frechet_distance(*frechet.feature_stats(features), mu_ref, sigma_ref)
-  ref = {"reference": f"{data_config.name} {split}", "reference_split": split,
-         "reference_size": n_ref}
-  records = [{"metric": _fd_metric_name(classifier), "value": fd, **ref,
-              "features": _features_field(classifier, features.shape[1])}]
-  k = logits.shape[1]
-  pred = logits.argmax(-1)
-  counts = np.bincount(pred, minlength=k)
-  freq = counts / counts.sum()
-  entropy = -float(np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
-  names = figures.CLASS_NAMES.get(classifier.dataset, tuple(str(i) for i in range(k)))
-  records.append({"metric": "class_histogram", "value": entropy / math.log(k),
-                  "counts": counts.tolist(), "classes": list(names),
-                  "classifier_dataset": classifier.dataset})
-  if labels is not None:
-    labels = np.asarray(labels).reshape(-1)
-    if classifier.dataset != data_config.name:
-      print(f"note: class_accuracy skipped: the classifier was trained on "
-            f"{classifier.dataset}, the samples are {data_config.name}; train one on "
-            f"{data_config.name} with --config.data.name={data_config.name}")
-    else:
-      correct = pred == labels
-      per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else None
-                   for c in range(k)]
-      records.append({"metric": "class_accuracy", "value": float(correct.mean()),
-                      "per_class": per_class})
-  return records
-
-
-def real_data_floor(config, n: int, classifier_workdir: str | None = None, *,
-                    classifier: Classifier | None = None) -> dict:
-  """The FD between the first `n` real training images and the test split.
-
-  What a perfect generator would score with `n` samples (FD is biased
-  upwards at small n): the floor to compare FD-fmnist against.
-
-  Args:
-    config: any config; its `data` section names the dataset and its splits
-      (data.split, data.eval_split).
-    n: number of training images (capped at the split's size).
-    classifier_workdir: the feature network; default config.eval.classifier_workdir.
-    classifier: an already loaded feature network (overrides the workdir).
-
-  Returns:
-    The record {"metric": "fd_train_vs_test", "value", "n", "num_samples", ...}.
-  """
-  classifier = classifier or load_classifier(classifier_workdir or config.eval.classifier_workdir)
-  data = _data(config.data, num_examples=-1, pad_to_32=bool(classifier.config.data.pad_to_32))
-  mu_ref, sigma_ref, n_ref = reference_stats(classifier, data, data.eval_split)
-  features, _ = classifier.features(_split_images(data, data.split, int(n)))
-  fd = frechet.frechet_distance(*frechet.feature_stats(features), mu_ref, sigma_ref)
-  return {"metric": "fd_train_vs_test", "value": fd, "n": int(n),
-          "num_samples": int(features.shape[0]), "samples": f"first {features.shape[0]} of "
-          f"{data.name} {data.split}", "reference_split": data.eval_split,
-          "reference_size": n_ref, "features": _features_field(classifier, features.shape[1]),
-          "uint8_roundtrip": True}
-
-
-# ----------------------------------------------------------------------------
-# The independent check.
-
-
-def independent_scores(network: Classifier, images_uint8: np.ndarray, data_config, *,
-                       labels: np.ndarray | None = None, split: str = "test") -> list[dict]:
-  """`classifier_scores` in the independent network, named as its own metrics.
-
-  Returns:
-    Records {"fd_independent"}, {"entropy_independent"} and, with labels,
-    {"class_accuracy_independent"}: the fields of `classifier_scores`, plus
-    "check": "independent".
-  """
-  records = classifier_scores(network, images_uint8, data_config, labels=labels, split=split)
-  return [dict(r, metric=INDEPENDENT_METRICS[r["metric"]], check="independent")
-          for r in records]
-
-
-@dataclasses.dataclass
-class NearestTrain:
-  """The pixel-space nearest-train-neighbour statistic (launch/eval/nearest.py).
-
-  Attributes:
-    train: float [M, D], the first M training images in [0, 1], flattened
-      (MNIST family at its native 28x28, unpadded).
-    image_shape: (H, W, C) the distances are measured at.
-    test_distances: [N] distances of the first N test images to `train`.
-    description: which images the keys and test images are.
-  """
-  train: np.ndarray
-  image_shape: tuple[int, int, int]
-  test_distances: np.ndarray
-  description: dict
-
-  def record(self, images_uint8: np.ndarray) -> dict:
-    """The {"metric": "nn_train_distance", ...} record of uint8 samples [N, H, W, C]."""
-    x = _center_crop(nearest.to_unit(images_uint8), self.image_shape[:2])
-    distances, _ = nearest.nearest_neighbour(x, self.train)
-    return {"metric": "nn_train_distance",
-            **nearest.summary(distances, self.test_distances, self.image_shape),
-            **self.description}
-
-
-def nearest_train(data_config, num_train: int, num_test: int) -> NearestTrain:
-  """Loads the first `num_train` training images and measures `num_test` test images.
-
-  Args:
-    data_config: the `data` section (data.split / data.eval_split; its
-      data.num_examples limit applies: the images the model trained on).
-    num_train: training images to search (capped at the split's size).
-    num_test: held-out images to measure the same way (capped likewise).
-  """
-  data = _data(data_config, pad_to_32=False)   # distances at the dataset's own size
-  image_shape = tuple(data_lib.get_info(data).image_shape)
-  # Back to uint8 (exact) and on to [0, 1] as the samples go: a copy is at distance 0.
-  unit = lambda x: nearest.to_unit(figures.to_uint8(x))
-  train = unit(_split_images(data, data.split, int(num_train)))
-  train = train.reshape(len(train), -1)
-  test = unit(_split_images(data, data.eval_split, int(num_test)))
-  test_distances, _ = nearest.nearest_neighbour(test, train)
-  description = {"num_train": int(len(train)), "train_images": f"first {len(train)} of "
-                 f"{data.name} {data.split}", "test_images": f"first {len(test)} of "
-                 f"{data.name} {data.eval_split}", "check": "independent"}
-  return NearestTrain(train, image_shape, test_distances, description)
-
-
-def load_independent(config) -> Classifier | None:
-  """The independent network of `config.eval.independent_workdir`; None (logged) when unset."""
-  workdir = config.eval.independent_workdir
-  if not workdir:
-    logging.info("config.eval.independent_workdir is empty: the independent check "
-                 "(fd_independent, entropy_independent, class_accuracy_independent, "
-                 "nn_train_distance) is skipped; train it with %s", INDEPENDENT_COMMAND)
-    print("note: the independent check is skipped (config.eval.independent_workdir is empty)")
-    return None
-  return load_classifier(workdir, key="eval.independent_workdir")
-
-
-# ----------------------------------------------------------------------------
-# Inception FID / IS (CIFAR-10).
-
-
-def _check_inception_weights(path: str) -> None:
-  from launch.eval import inception
-  if not path or not os.path.isfile(path):
-    raise FileNotFoundError(inception.missing_weights_message(path))
-
-
-def inception_scores(images_uint8: np.ndarray, data_config, weights: str,
-                     split: str = FID_REFERENCE_SPLIT) -> list[dict]:
-  """FID against a real split (statistics cached next to the weights) and IS."""
-  from launch.eval import inception
-  apply_fn, variables = inception.load_inception(weights)
-  data = _data(data_config, num_examples=-1, pad_to_32=False)
-  n_ref = data_lib.get_info(data, split).num_examples
-  stem = os.path.splitext(os.path.basename(weights))[0]
-  cache = epath.Path(os.path.dirname(os.path.abspath(weights))) / (
-      f"fid_reference_{stem}_{data.name}_{split}_n{n_ref}.npz")
-  if cache.exists():
-    mu_ref, sigma_ref = frechet.load_stats(str(cache))
-  else:
-    real, _ = data_lib.load_arrays(data, split)
-    pool, _ = inception.inception_features(apply_fn, variables, real)
-    mu_ref, sigma_ref = frechet.feature_stats(pool)
-    _save_stats_atomic(cache, mu_ref, sigma_ref)
-  pool, logits = inception.inception_features(apply_fn, variables, images_uint8)
-  fid = frechet.frechet_distance(*frechet.feature_stats(pool), mu_ref, sigma_ref)
-  splits = 10 if len(logits) >= 10 else 1
-  is_mean, is_std = inception.inception_score(logits, splits=splits, kind="logits")
-  ref = {"reference": f"{data.name} {split}", "reference_split": split,
-         "reference_size": n_ref, "features": f"Inception-v3 pool3 ({weights})"}
-  return [{"metric": "fid", "value": fid, **ref},
-          {"metric": "inception_score", "value": is_mean, "std": is_std, "splits": splits,
-           "features": f"Inception-v3 logits ({weights})"}]
 
 
 # ----------------------------------------------------------------------------
@@ -505,7 +113,7 @@ def _check_feature_network(config) -> None:
     if not workdir or not (epath.Path(workdir) / "checkpoints").exists():
       raise MissingClassifierError(missing_classifier_message(workdir))
   else:
-    _check_inception_weights(config.eval.inception_weights)
+    scores.check_inception_weights(config.eval.inception_weights)
   workdir = config.eval.independent_workdir
   if workdir and not (epath.Path(workdir) / "checkpoints").exists():
     raise MissingClassifierError(missing_classifier_message(workdir, "eval.independent_workdir"))
@@ -627,7 +235,7 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
 
 def _ood_records(config, task, state, step: int) -> list[dict]:
   params = task.sample_params(state)
-  x_in = _split_images(config.data, config.data.eval_split)
+  x_in = scores.split_images(config.data, config.data.eval_split)
   key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_STREAM)
   aurocs = jax.device_get(task.ood_evaluate(params, jnp.asarray(x_in), key))
   return [{"metric": f"ood_auroc_{name}", "value": float(value), "ood_set": name,
@@ -670,7 +278,7 @@ def restoration_records(task, params, x: np.ndarray, key: jax.Array
 def _restoration_records(config, task, state, step: int) -> list[dict]:
   if not task.restoration.num:
     return []
-  x = _split_images(config.data, config.data.eval_split, task.restoration.num)
+  x = scores.split_images(config.data, config.data.eval_split, task.restoration.num)
   key = jax.random.fold_in(jax.random.key(config.seed), _RESTORE_STREAM)
   records, _ = restoration_records(task, task.sample_params(state), x, key)
   fields = {"in_distribution": f"{config.data.name} {config.data.eval_split}",
@@ -876,7 +484,7 @@ def evaluate_npz(path: str | os.PathLike, classifier_workdir: str, *, split: str
     changes["data_dir"] = data_dir
   if manual_dir:
     changes["manual_dir"] = manual_dir
-  data = _data(classifier.config.data, **changes)
+  data = scores.data_section(classifier.config.data, **changes)
   accuracy = feature_check.check(classifier, data, min_classifier_accuracy)
   records = classifier_scores(classifier, images, data, labels=labels, split=split)
   if independent_workdir:

@@ -50,7 +50,7 @@ def measure_accuracy(classifier, data_config, split: str = "test") -> float:
   """The classifier's accuracy on a whole split of its dataset (cached per checkpoint).
 
   Args:
-    classifier: an `evaluate.Classifier`.
+    classifier: a `launch.eval.scores.Classifier`.
     data_config: a `data` section saying where the data is (its name may be
       another dataset: the classifier's own section is used then).
     split: the split to measure on.
@@ -85,7 +85,7 @@ def check(classifier, data_config, min_accuracy: float, split: str = "test", *,
   """The classifier's test accuracy; raises when it is below `min_accuracy`.
 
   Args:
-    classifier: an `evaluate.Classifier`.
+    classifier: a `launch.eval.scores.Classifier`.
     data_config: a `data` section saying where the data is.
     min_accuracy: the bar.
     split: the split to measure on.
