@@ -13,20 +13,17 @@ sampling from noise runs 80 steps of the same dynamics (ebm.sample_steps).
 The tutorial's persistent buffer (5% restarts, samples of 256 steps from
 noise) drifted to a few classes; short-run chains cover them all.
 
-Measured (docs/ebm.md, `scripts/ebm_ablation.sh short_run`, 1619 steps in
-1800 s of training loop alone on 2 CPU cores, ~0.9 steps/s): 1000 samples
-from noise, FD-fmnist 7.48 and class-histogram entropy 0.963 (the project's
-classifier), 6.15 and 0.979 in the independently built feature network
-(seed 1: 8.03 / 0.971, 6.41 / 0.988); the persistent recipe at the same
-budget: 16.65 / 0.781, 18.03 / 0.841. The 80 sampling steps were picked
-from a sweep of 40-256 on seed 0 and confirmed on seed 1 (the table in
-docs/ebm.md). Samples are speckled but every class is there.
+Budget: 1600 steps of batch 128 (~3.4 epochs; nearly all of the time is
+the 60-step chain), plus checkpoints and four sample grids. The divergence
+guard is on: the tutorial's energies stay within a few units, so |loss| or
+|E| above 1e3 means the run blew up.
 
-Budget: 1600 steps of batch 128 (~3.4 epochs), ≈ 30 minutes of training
-loop on 2 CPU cores at the rate above (nearly all of it the 60-step chain),
-plus checkpoints and four sample grids. The divergence guard is on: the
-tutorial's energies stay within a few units, so |loss| or |E| above 1e3
-means the run blew up.
+Measured (docs/ebm.md, its re-check on a fresh clone, 2026-12-06): the 1600
+steps in 929 s of training loop on 2 CPU cores; 1000 samples from noise,
+FD-fmnist 10.85 / class entropy 0.897 (the independent network: 12.71 /
+0.912); 30 minutes of training (3175 steps) 5.97 / 0.935 (6.23 / 0.960).
+The 80 sampling steps were picked from a sweep of 40-256 (docs/ebm.md).
+Samples are speckled but every class is there.
 
 Variants (`--config configs/ebm_fashion_mnist.py:ARG`):
   smoke              seconds: c_hid 8, batch 8, buffer 32, 5 Langevin steps, 64 examples.
@@ -35,13 +32,9 @@ Variants (`--config configs/ebm_fashion_mnist.py:ARG`):
                      (ebm.conditional_sampling; each chain's label from its buffer slot)
                      and the hybrid loss CD + 1.0 · cross-entropy (ebm.ce_weight).
                      Samples classes in turn (sample.label = -1; K for class K), and is a
-                     classifier too. Measured (docs/ebm.md; the same keys trained for 30
-                     minutes, 1545 steps, by scripts/ebm_ablation.sh jem_short_run; 1000
-                     samples from noise, labels cycling 0..9): 88.9% are the requested
-                     class for the project's classifier, 94.8% for the independent
-                     network, FD-fmnist 5.90 (seed 1: 88.6%, 95.1%, 5.53); test accuracy
-                     0.759. Its marginal E(x) is not a sampler: chains on it collapse to
-                     shirts.
+                     classifier too. Measured at 30 minutes (docs/ebm.md, row jem_short_run):
+                     88.9% of class-cycling samples are the requested class (94.8% for
+                     the independent network). Its marginal E(x) is not a sampler.
   conditional_smoke  the conditional model at the smoke size (tests).
 
 Commands:

@@ -60,7 +60,7 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   # to the largest): one compiled program per (model, sampler, steps, bucket).
   # A program computes `chunk` images at a time (a loop over bucket / chunk),
   # each request starting a chunk: an image's bytes depend only on (model,
-  # options, seed, index), never on the bucket or the batch (launch/serve/models.py).
+  # options, seed, index), never on the bucket or the batch (launch/serve/programs.py).
   c.limits.buckets = (4, 16, 64)       # multiples of chunk; the largest: images per request
   c.limits.chunk = 4                   # images computed together (0: the smallest bucket)
   c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
