@@ -165,3 +165,20 @@ def config_error_of(config, key: str, value):
   with pytest.raises(ConfigError) as e:
     tasks.build(config)
   return e.value
+
+
+def send_then_read_answer(s: socket.socket, parts) -> bytes:
+  """Sends `parts` (bytes each) on the blocking socket `s`, stopping if the server closes it,
+  then reads everything the server answered until it closes (EOF or reset)."""
+  try:
+    for part in parts:
+      s.sendall(part)
+  except OSError:   # closed by the server while sending: its answer is still read below
+    pass
+  answer = b""
+  try:
+    while data := s.recv(65536):
+      answer += data
+  except ConnectionResetError:
+    pass
+  return answer

@@ -20,7 +20,7 @@ import pytest
 
 from launch.serve import app as serve
 from launch.serve import connections
-from helpers import SMOKE, free_port, running_server, serve_config_file
+from helpers import SMOKE, free_port, running_server, send_then_read_answer, serve_config_file
 
 HEADER_TIMEOUT_S = 6.0
 MAX_CONNECTIONS = 1100
@@ -140,18 +140,12 @@ def test_headers_over_max_header_bytes_are_refused_and_closed(server, size, chun
   request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * size + b"\r\n\r\n"
   with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
     t0 = time.monotonic()
-    try:
+
+    def parts():
       for i in range(0, len(request), chunk):
-        s.sendall(request[i:i + chunk])
+        yield request[i:i + chunk]
         time.sleep(0.01)
-    except OSError:   # closed by the server while sending: the answer is still read below
-      pass
-    answer = b""
-    try:
-      while data := s.recv(65536):
-        answer += data
-    except ConnectionResetError:
-      pass
+    answer = send_then_read_answer(s, parts())
     closed_s = time.monotonic() - t0
   assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
   assert b'"field": "headers"' in answer and b"connection: close" in answer

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from PIL import PngImagePlugin
 
-from helpers import free_port, running_server, serve_config_file
+from helpers import free_port, running_server, send_then_read_answer, serve_config_file
 
 REQUEST_TIMEOUT_S = 12.0
 GRACE_S = 2.0
@@ -190,18 +190,10 @@ def test_a_client_still_sending_an_oversized_body_reads_its_413(server, declared
   s = socket.create_connection(("127.0.0.1", port), timeout=10)
   s.sendall((f"POST /energy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
              f"boundary={BOUNDARY}\r\n{length}\r\n\r\n").encode())
-  try:
-    for i in range(0, len(body), 65536):
-      chunk = body[i:i + 65536]
-      s.sendall(chunk if declared else f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-  except OSError:
-    pass   # the server stopped reading: what it answered is read below
-  answer = b""
-  try:
-    while data := s.recv(65536):
-      answer += data
-  except ConnectionResetError:
-    pass
+  answer = send_then_read_answer(s, (
+      body[i:i + 65536] if declared
+      else f"{len(body[i:i + 65536]):x}\r\n".encode() + body[i:i + 65536] + b"\r\n"
+      for i in range(0, len(body), 65536)))
   s.close()
   assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
   assert b"limits.max_upload_bytes" in answer
