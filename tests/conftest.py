@@ -22,6 +22,9 @@ import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import helpers  # noqa: E402
+from launch import config as config_lib  # noqa: E402
+from launch import train as train_lib  # noqa: E402
+from launch.serve import app as serve  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +46,6 @@ def smoke_classifier(tmp_path_factory):
   """(config, workdir, state): configs/classifier_fashion_mnist.py:smoke trained once per
   session on `tfds.testing.mock_data(num_examples=helpers.MOCK_EXAMPLES)`, the feature
   network of the evaluate, figure and JEM tests (which run on the same mock data)."""
-  from launch import config as config_lib
-  from launch import train as train_lib
   workdir = tmp_path_factory.mktemp("smoke_classifier")
   config = config_lib.load(f"{helpers.ROOT}/configs/classifier_fashion_mnist.py:smoke")
   with tfds.testing.mock_data(num_examples=helpers.MOCK_EXAMPLES):
@@ -56,7 +57,6 @@ def smoke_classifier(tmp_path_factory):
 def batcher(smoke_workdir):
   """The session's warmed-up `Batcher` over the ddpm, cond and ebm smoke workdirs (serving
   tests build their apps over it with `manage=False`); stopped at the end."""
-  from launch.serve import app as serve
   b = serve.build(helpers.serve_config({name: smoke_workdir(name)
                                         for name in ("ddpm", "cond", "ebm")}))
   b.start()

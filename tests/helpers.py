@@ -19,14 +19,17 @@ import time
 
 import httpx
 import ml_collections
+import pytest
 
 from configs import serve as serve_configs
 
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import convert
+from launch import tasks
 from launch import workdir as workdir_lib
 from launch import writers
+from launch.config_errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = {
@@ -157,9 +160,6 @@ def running_server(args: list[str] | pathlib.Path, port: int, log_path: pathlib.
 def config_error_of(config, key: str, value):
   """The ConfigError `launch.tasks.build` raises for `config` with `key` ("section.name")
   set to `value` (pytest fails the test if it raises none)."""
-  import pytest  # pylint: disable=import-outside-toplevel
-  from launch import tasks  # pylint: disable=import-outside-toplevel
-  from launch.config_errors import ConfigError  # pylint: disable=import-outside-toplevel
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(ConfigError) as e:

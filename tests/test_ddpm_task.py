@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from core import train_state as core_train_state
+from ddpm import task as ddpm_task_lib
 from launch import tasks
 from helpers import config_error_of
 from launch.tasks import ddpm as ddpm_task
@@ -55,8 +56,8 @@ def test_every_config_builds_its_task(name, arg):
   config = _config(name, arg)
   shape, num_classes, n_params = CONFIGS[name]
   task = tasks.build(config)
-  assert isinstance(task, ddpm_task.DenoiserTask if config.task == "denoiser"
-                    else ddpm_task.DDPMTask)
+  assert isinstance(task, ddpm_task_lib.DenoiserTask if config.task == "denoiser"
+                    else ddpm_task_lib.DDPMTask)
   assert task.image_shape == shape == ddpm_task.image_shape(config.data)
   assert task.num_classes == num_classes
   options = task.sample_options(config)

@@ -37,7 +37,8 @@ MAX_UPLOAD = 16384
 
 
 @pytest.fixture(scope="module")
-def batcher(smoke_workdir):  # this module's own: no warm-up, a small upload bound
+def images_batcher(smoke_workdir):
+  """This module's own batcher: no warm-up, a small upload bound."""
   config = serve_config({"ebm": smoke_workdir("ebm"), "jem": smoke_workdir("jem")},
                         max_upload_bytes=MAX_UPLOAD)
   config.warmup = "none"
@@ -48,8 +49,8 @@ def batcher(smoke_workdir):  # this module's own: no warm-up, a small upload bou
 
 
 @pytest.fixture(scope="module")
-def client(batcher):
-  return TestClient(serve.create_app(batcher, manage=False), raise_server_exceptions=False)
+def client(images_batcher):
+  return TestClient(serve.create_app(images_batcher, manage=False), raise_server_exceptions=False)
 
 
 def png_of(image: Image.Image, **save) -> bytes:
@@ -93,7 +94,7 @@ def post(client, path: str, image: bytes | None, mask: bytes | None = None, **fi
 # What the endpoints return.
 
 
-def test_models_lists_the_image_operations_and_upload_limits(client, batcher):
+def test_models_lists_the_image_operations_and_upload_limits(client, images_batcher):
   body = client.get("/models").json()
   ebm, jem = body["models"]
   assert (ebm["name"], ebm["conditional"], jem["name"], jem["num_classes"]) == (
@@ -101,7 +102,7 @@ def test_models_lists_the_image_operations_and_upload_limits(client, batcher):
   assert jem["classes"][0] == "T-shirt/top"
   assert ebm["image_ops"] == ["inpaint", "denoise", "energy"]
   options = ebm["image_options"]
-  restoration = batcher.models["ebm"].task.restoration  # eval.inpaint_steps, denoise_steps
+  restoration = images_batcher.models["ebm"].task.restoration  # eval.inpaint_steps, denoise_steps
   assert (options["inpaint"]["steps_default"], options["denoise"]["steps_default"]) == (
       restoration.inpaint_steps, restoration.denoise_steps) == (3, 2)
   assert set(options["inpaint"]["steps_choices"]) == {
@@ -164,8 +165,8 @@ def test_denoise_adds_the_asked_noise_and_is_reproducible(client):
   assert clean["sigma"] == 0.0
 
 
-def test_energy_equals_the_tasks_energy_of_the_decoded_image(client, batcher):
-  model = batcher.models["ebm"]
+def test_energy_equals_the_tasks_energy_of_the_decoded_image(client, images_batcher):
+  model = images_batcher.models["ebm"]
   for seed in (0, 1):
     data = png(picture(seed))
     r = post(client, "/energy", data)
@@ -178,9 +179,9 @@ def test_energy_equals_the_tasks_energy_of_the_decoded_image(client, batcher):
     assert body["class_energies"] is None and body["predicted_class"] is None
 
 
-def test_examples_are_the_datasets_test_images(client, batcher):
+def test_examples_are_the_datasets_test_images(client, images_batcher):
   from launch import data as data_lib  # pylint: disable=import-outside-toplevel
-  model = batcher.models["ebm"]
+  model = images_batcher.models["ebm"]
   try:
     images, labels = data_lib.load_arrays(model.data_config, "test")
   except data_lib.DatasetNotFoundError:
@@ -190,18 +191,18 @@ def test_examples_are_the_datasets_test_images(client, batcher):
   r = client.get("/examples", params={"model": "ebm"})
   assert r.status_code == 200, r.text
   body = r.json()
-  n = min(batcher.limits.max_examples, len(images))
+  n = min(images_batcher.limits.max_examples, len(images))
   assert len(body["images"]) == n and body["labels"] == labels[:n].tolist()
   np.testing.assert_array_equal(np.stack([b64decode(s) for s in body["images"]]),
                                 images[:n, :, :, 0])
   assert body["classes"][0] == "T-shirt/top"
 
 
-def test_random_floats_images_and_masks_compile_no_new_program(client, batcher):
+def test_random_floats_images_and_masks_compile_no_new_program(client, images_batcher):
   """Step size, σ, the image and the mask are program inputs: random values compile nothing
   once each (operation, steps, bucket) program exists."""
   import jax  # pylint: disable=import-outside-toplevel
-  model = batcher.models["ebm"]
+  model = images_batcher.models["ebm"]
   rng = np.random.default_rng(0)
   compiles = []
 
@@ -238,8 +239,8 @@ def test_random_floats_images_and_masks_compile_no_new_program(client, batcher):
   assert model.compiles == before and compiles == []
 
 
-def test_warmup_all_compiles_the_image_programs_in_the_smallest_bucket(batcher, monkeypatch):
-  model = batcher.models["jem"]
+def test_warmup_all_compiles_the_image_programs_in_the_smallest_bucket(images_batcher, monkeypatch):
+  model = images_batcher.models["jem"]
   compiled = []
 
   def program(static, bucket, pin=False):
@@ -253,14 +254,14 @@ def test_warmup_all_compiles_the_image_programs_in_the_smallest_bucket(batcher, 
                       (("denoise", steps["denoise"], False), 4)]
 
 
-def test_steps_outside_the_choices_are_refused_without_compiling(client, batcher):
-  before = batcher.models["ebm"].compiles
-  choices = batcher.limits.step_choices
+def test_steps_outside_the_choices_are_refused_without_compiling(client, images_batcher):
+  before = images_batcher.models["ebm"].compiles
+  choices = images_batcher.limits.step_choices
   for steps in (11, 13, 999):
     assert steps not in choices
     r = post(client, "/denoise", png(picture()), steps=steps)
     assert r.status_code == 422 and r.json()["field"] == "steps", r.text
-  assert batcher.models["ebm"].compiles == before
+  assert images_batcher.models["ebm"].compiles == before
 
 
 def test_class_conditional_ebm_generates_by_label(client):
@@ -282,8 +283,8 @@ def test_class_conditional_ebm_generates_by_label(client):
   assert r.status_code == 422 and "unconditional" in r.json()["detail"]
 
 
-def test_class_conditional_energy_per_class_and_marginal(client, batcher):
-  model = batcher.models["jem"]
+def test_class_conditional_energy_per_class_and_marginal(client, images_batcher):
+  model = images_batcher.models["jem"]
   data = png(picture(2))
   r = post(client, "/energy", data, model="jem")
   assert r.status_code == 200, r.text
@@ -395,9 +396,9 @@ REFUSED = [
 
 @pytest.mark.parametrize("path,image,mask,fields,status,field,words", REFUSED,
                          ids=[f"{c[0][1:]}-{c[5]}-{i}" for i, c in enumerate(REFUSED)])
-def test_refused_uploads_get_a_4xx_naming_the_problem(client, batcher, path, image, mask,
+def test_refused_uploads_get_a_4xx_naming_the_problem(client, images_batcher, path, image, mask,
                                                       fields, status, field, words):
-  before = batcher.models["ebm"].compiles
+  before = images_batcher.models["ebm"].compiles
   r = post(client, path, image, mask, **fields)
   assert r.status_code == status, r.text
   error = r.json()
@@ -405,10 +406,10 @@ def test_refused_uploads_get_a_4xx_naming_the_problem(client, batcher, path, ima
   assert error["detail"].startswith(f"{field}: "), error["detail"]
   assert words.lower() in error["detail"].lower(), error["detail"]
   assert not re.search(r"(/tmp|/work|/home|/usr|\.py\b|\.png\b)", error["detail"]), error
-  assert batcher.models["ebm"].compiles == before  # refused before any program
+  assert images_batcher.models["ebm"].compiles == before  # refused before any program
 
 
-def test_uploads_over_the_byte_limit_are_413_while_streaming(client, batcher):
+def test_uploads_over_the_byte_limit_are_413_while_streaming(client, images_batcher):
   big = np.random.default_rng(0).integers(0, 256, (H, W), dtype=np.uint8)
   padded = png(big, pnginfo=_text_chunk(b"x" * (MAX_UPLOAD + 100)))
   r = post(client, "/energy", padded)  # declared content-length over the limit
@@ -423,7 +424,7 @@ def test_uploads_over_the_byte_limit_are_413_while_streaming(client, batcher):
       yield body[i:i + 1000]
 
   async def stream():
-    app = serve.create_app(batcher, manage=False)
+    app = serve.create_app(images_batcher, manage=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://test") as c:
       return await c.post("/energy", content=chunks(), headers={"content-type": content_type})

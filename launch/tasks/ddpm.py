@@ -42,8 +42,6 @@ from launch.tasks import common as common_lib
 
 NUM_CLASSES = 10
 _DTYPES = common_lib.DTYPES
-DDPMTask = task_lib.DDPMTask
-DenoiserTask = task_lib.DenoiserTask
 
 
 def image_shape(data_config) -> tuple[int, int, int]:

@@ -37,8 +37,6 @@ from launch.config_errors import (ConfigError, check_bool, check_choice, check_i
                                   check_ints, check_number)
 from launch.tasks import common as common_lib
 
-EBMTask = task_lib.EBMTask
-Restoration = task_lib.Restoration
 _DTYPES = common_lib.DTYPES
 _FROM_CONFIG = object()   # `sample(label=...)` not given: config.sample.label
 
