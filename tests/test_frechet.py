@@ -1,11 +1,12 @@
-"""Tests of launch/frechet.py against closed forms and the reference algorithm."""
+"""Tests of core/frechet.py against closed forms and the reference algorithm."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import scipy.linalg
 
-from launch.eval import frechet
+from core import frechet
+from launch.eval import scores
 
 
 def _random_spd(rng, d, scale=1.0):
@@ -135,7 +136,7 @@ def test_save_and_load_stats(tmp_path):
   rng = np.random.default_rng(7)
   mu, sigma = rng.normal(size=4), _random_spd(rng, 4)
   path = tmp_path / "sub" / "ref_stats.npz"
-  frechet.save_stats(path, mu, sigma)
-  mu2, sigma2 = frechet.load_stats(path)
+  scores.save_stats(path, mu, sigma)
+  mu2, sigma2 = scores.load_stats(path)
   np.testing.assert_array_equal(mu, mu2)
   np.testing.assert_array_equal(sigma, sigma2)

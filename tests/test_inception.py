@@ -1,4 +1,4 @@
-"""Tests of launch/inception.py with random weights (the real ones are not needed).
+"""Tests of core/inception.py and launch/eval/inception.py with random weights (the real ones are not needed).
 
 One real 299x299 forward of the network (3 images in batches of 2, one
 compile); everything else works on abstract shapes or small arrays.
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from core import inception as net
 from launch.eval import inception
 
 
@@ -28,7 +29,7 @@ def _state_dict_from_flax_tree(seed=0):
                 ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
                 ("batch_stats", "var"): "running_var"}
   state_dict = {}
-  for path, leaf in traverse_util.flatten_dict(inception.abstract_variables()).items():
+  for path, leaf in traverse_util.flatten_dict(net.abstract_variables()).items():
     collection, *modules, name = path
     key = ".".join(modules + [leaf_names[(collection, name)]])
     shape = tuple(leaf.shape)
@@ -53,7 +54,7 @@ def state_dict():
 @pytest.fixture(scope="module")
 def weights_npz(state_dict, tmp_path_factory):
   path = tmp_path_factory.mktemp("inception") / inception.NPZ_FILENAME
-  inception.save_weights(inception.convert_pytorch_fid_state_dict(state_dict), path)
+  inception.save_weights(net.convert_pytorch_fid_state_dict(state_dict), path)
   return path
 
 
@@ -66,16 +67,16 @@ def images():
 def features(weights_npz, images):
   apply_fn, variables = inception.load_inception(weights_npz)
   # 3 images in batches of 2: the last batch is padded (one compiled shape).
-  return inception.inception_features(apply_fn, variables, images, batch_size=2)
+  return net.inception_features(apply_fn, variables, images, batch_size=2)
 
 
 def test_param_tree_matches_pytorch_fid_layout():
-  flat = traverse_util.flatten_dict(inception.abstract_variables())
-  names = {inception.torch_name(p): tuple(v.shape) for p, v in flat.items()}
-  assert len(names) == inception.NUM_STATE_DICT_TENSORS == 472
+  flat = traverse_util.flatten_dict(net.abstract_variables())
+  names = {net.torch_name(p): tuple(v.shape) for p, v in flat.items()}
+  assert len(names) == net.NUM_STATE_DICT_TENSORS == 472
   # Trainable parameters of torchvision's inception_v3 (27,161,264) without
   # the aux head (3,326,696), with a 1008-way instead of 1000-way fc.
-  params = inception.abstract_variables()["params"]
+  params = net.abstract_variables()["params"]
   n_params = sum(math.prod(v.shape) for v in jax.tree.leaves(params))
   assert n_params == 27_161_264 - 3_326_696 + 8 * 2048 + 8
   # A few tensors of the pytorch-fid state_dict, in flax layout.
@@ -93,7 +94,7 @@ def test_param_tree_matches_pytorch_fid_layout():
 def test_convert_round_trip(state_dict):
   sd = dict(state_dict)
   sd["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0, np.int64)  # ignored
-  variables = inception.convert_pytorch_fid_state_dict(sd)
+  variables = net.convert_pytorch_fid_state_dict(sd)
   flat = traverse_util.flatten_dict(variables)
   assert len(flat) == len(state_dict)
   np.testing.assert_array_equal(
@@ -104,7 +105,7 @@ def test_convert_round_trip(state_dict):
                                 state_dict["Mixed_7c.branch_pool.bn.running_var"])
   # Every leaf lands where the torch name says, transposed back exactly.
   for path, value in flat.items():
-    source = state_dict[inception.torch_name(path)]
+    source = state_dict[net.torch_name(path)]
     back = {4: lambda a: a.transpose(3, 2, 0, 1), 2: lambda a: a.T}.get(value.ndim, lambda a: a)
     assert value.dtype == np.float32
     np.testing.assert_array_equal(back(value), source, err_msg=str(path))
@@ -116,7 +117,7 @@ def test_convert_rejects_wrong_state_dicts(state_dict):
   sd["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)
   sd["fc.bias"] = np.zeros((1000,), np.float32)
   with pytest.raises(ValueError) as err:
-    inception.convert_pytorch_fid_state_dict(sd)
+    net.convert_pytorch_fid_state_dict(sd)
   message = str(err.value)
   assert "missing Mixed_6b.branch1x1.bn.bias" in message
   assert "unexpected AuxLogits.fc.weight" in message
@@ -125,7 +126,7 @@ def test_convert_rejects_wrong_state_dicts(state_dict):
 
 def test_npz_round_trip_and_load(state_dict, weights_npz):
   loaded = inception.load_weights(weights_npz)
-  expected = inception.convert_pytorch_fid_state_dict(state_dict)
+  expected = net.convert_pytorch_fid_state_dict(state_dict)
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
   with np.load(weights_npz) as data:
     assert "params/Mixed_5b/branch5x5_2/conv/kernel" in data.files
@@ -166,9 +167,9 @@ def test_features_shapes(features):
 
 def test_inception_features_validates_input():
   with pytest.raises(TypeError, match="uint8"):
-    inception.inception_features(None, None, np.zeros((1, 8, 8, 3), np.float32))
+    net.inception_features(None, None, np.zeros((1, 8, 8, 3), np.float32))
   with pytest.raises(ValueError, match=r"\[N, H, W, 1 or 3\]"):
-    inception.inception_features(None, None, np.zeros((1, 8, 8, 4), np.uint8))
+    net.inception_features(None, None, np.zeros((1, 8, 8, 4), np.uint8))
 
 
 # ---------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def test_features_match_pytorch_fid_network(state_dict, images, features):
 def test_preprocess_matches_torch_interpolate(size):
   torch = pytest.importorskip("torch")
   images = np.random.default_rng(size).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
-  got = np.asarray(inception.preprocess(jnp.asarray(images)))
+  got = np.asarray(net.preprocess(jnp.asarray(images)))
   x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
   ref = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
   ref = (2 * ref - 1).permute(0, 2, 3, 1).numpy()
@@ -285,16 +286,16 @@ def test_preprocess_matches_torch_interpolate(size):
 
 def test_preprocess_grayscale_is_repeated_rgb():
   gray = np.random.default_rng(2).integers(0, 256, (1, 28, 28, 1), dtype=np.uint8)
-  np.testing.assert_allclose(np.asarray(inception.preprocess(jnp.asarray(gray))),
-                             np.asarray(inception.preprocess(jnp.asarray(np.repeat(gray, 3, -1)))))
+  np.testing.assert_allclose(np.asarray(net.preprocess(jnp.asarray(gray))),
+                             np.asarray(net.preprocess(jnp.asarray(np.repeat(gray, 3, -1)))))
 
 
 @pytest.mark.torch
 def test_load_inception_reads_pth(state_dict, tmp_path):
   torch = pytest.importorskip("torch")
-  path = tmp_path / inception.PTH_FILENAME
+  path = tmp_path / net.PTH_FILENAME
   torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
-  expected = inception.convert_pytorch_fid_state_dict(state_dict)
+  expected = net.convert_pytorch_fid_state_dict(state_dict)
   _, variables = inception.load_inception(path)
   jax.tree.map(np.testing.assert_array_equal, variables, expected)
   # The converter command writes the .npz that load_inception reads.
@@ -308,10 +309,10 @@ def test_load_inception_reads_pth(state_dict, tmp_path):
 
 
 def test_inception_score_uniform_is_one():
-  mean, std = inception.inception_score(np.full((20, 7), 1 / 7), splits=4)
+  mean, std = net.inception_score(np.full((20, 7), 1 / 7), splits=4)
   assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
   # The same predictions as logits (all equal) are detected as logits.
-  mean, _ = inception.inception_score(np.zeros((20, 7)), splits=4)
+  mean, _ = net.inception_score(np.zeros((20, 7)), splits=4)
   assert mean == pytest.approx(1.0, abs=1e-12)
 
 
@@ -319,10 +320,10 @@ def test_inception_score_uniform_is_one():
 def test_inception_score_one_hot_balanced_is_k(k):
   labels = np.tile(np.arange(k), 6)  # every split of size 2k (3 splits) is balanced
   probs = np.eye(k + 3)[labels]  # a few classes never predicted
-  mean, std = inception.inception_score(probs, splits=3)
+  mean, std = net.inception_score(probs, splits=3)
   assert mean == pytest.approx(k, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
   # Confident logits give nearly the same.
-  mean_logits, _ = inception.inception_score(60.0 * probs, splits=3, kind="logits")
+  mean_logits, _ = net.inception_score(60.0 * probs, splits=3, kind="logits")
   assert mean_logits == pytest.approx(k, rel=1e-6)
 
 
@@ -333,13 +334,13 @@ def test_inception_score_hand_computed():
   kl1 = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
   kl2 = 1.0 * math.log(1.0 / 0.75)
   s1, s2 = math.exp((kl1 + kl2) / 2), 1.0
-  mean, std = inception.inception_score(probs, splits=2)
+  mean, std = net.inception_score(probs, splits=2)
   assert mean == pytest.approx((s1 + s2) / 2, rel=1e-12)
   assert std == pytest.approx(abs(s1 - s2) / 2, rel=1e-12)
 
 
 def test_inception_score_validation():
   with pytest.raises(ValueError, match="splits"):
-    inception.inception_score(np.full((3, 2), 0.5), splits=4)
+    net.inception_score(np.full((3, 2), 0.5), splits=4)
   with pytest.raises(ValueError, match="kind"):
-    inception.inception_score(np.full((3, 2), 0.5), splits=1, kind="prob")
+    net.inception_score(np.full((3, 2), 0.5), splits=1, kind="prob")

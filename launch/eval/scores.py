@@ -26,9 +26,10 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from core import frechet
+from core import inception as inception_net
 from launch import data as data_lib
 from launch import figures
-from launch.eval import frechet
 from launch.eval import nearest
 from launch import workdir as workdir_lib
 
@@ -185,13 +186,36 @@ def split_images(data_config, split: str, limit: int | None = None) -> np.ndarra
   return x if limit is None else x[:limit]
 
 
+def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
+  """Saves reference statistics as an `.npz` with arrays `mu` and `sigma`.
+
+  The same layout as pytorch-fid's precomputed statistics files, so either
+  tool can read the other's.
+  """
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  with open(path, "wb") as f:
+    np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+
+
+def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+  """Loads (mu [D], sigma [D, D]) saved by `save_stats` or by pytorch-fid."""
+  with np.load(os.fspath(path)) as data:
+    missing = {"mu", "sigma"} - set(data.files)
+    if missing:
+      raise KeyError(f"{os.fspath(path)} has no {sorted(missing)} (has {sorted(data.files)})")
+    return np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+
+
 def _save_stats_atomic(path: epath.Path, mu: np.ndarray, sigma: np.ndarray) -> None:
   if jax.process_index() != 0:
     return
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    frechet.save_stats(str(tmp), mu, sigma)
+    save_stats(str(tmp), mu, sigma)
     os.replace(str(tmp), str(path))
   except OSError as e:  # a read-only feature-network directory: recompute next time
     logging.warning("could not cache reference statistics at %s: %s", path, e)
@@ -215,7 +239,7 @@ def reference_stats(classifier: Classifier, data_config, split: str
   path = (epath.Path(classifier.workdir) / "fd_reference"
           / f"{data.name}_{split}_n{n}_step{classifier.step}.npz")
   if path.exists():
-    mu, sigma = frechet.load_stats(str(path))
+    mu, sigma = load_stats(str(path))
     return mu, sigma, n
   features, _ = classifier.features(split_images(data, split))
   mu, sigma = frechet.feature_stats(features)
@@ -410,16 +434,16 @@ def inception_scores(images_uint8: np.ndarray, data_config, weights: str,
   cache = epath.Path(os.path.dirname(os.path.abspath(weights))) / (
       f"fid_reference_{stem}_{data.name}_{split}_n{n_ref}.npz")
   if cache.exists():
-    mu_ref, sigma_ref = frechet.load_stats(str(cache))
+    mu_ref, sigma_ref = load_stats(str(cache))
   else:
     real, _ = data_lib.load_arrays(data, split)
-    pool, _ = inception.inception_features(apply_fn, variables, real)
+    pool, _ = inception_net.inception_features(apply_fn, variables, real)
     mu_ref, sigma_ref = frechet.feature_stats(pool)
     _save_stats_atomic(cache, mu_ref, sigma_ref)
-  pool, logits = inception.inception_features(apply_fn, variables, images_uint8)
+  pool, logits = inception_net.inception_features(apply_fn, variables, images_uint8)
   fid = frechet.frechet_distance(*frechet.feature_stats(pool), mu_ref, sigma_ref)
   splits = 10 if len(logits) >= 10 else 1
-  is_mean, is_std = inception.inception_score(logits, splits=splits, kind="logits")
+  is_mean, is_std = inception_net.inception_score(logits, splits=splits, kind="logits")
   ref = {"reference": f"{data.name} {split}", "reference_split": split,
          "reference_size": n_ref, "features": f"Inception-v3 pool3 ({weights})"}
   return [{"metric": "fid", "value": fid, **ref},

@@ -34,10 +34,12 @@ Typical use:
     acc.update(features_of(batch))          # [B, 2048]
   mu, sigma = acc.stats()
   fid = frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+Pure NumPy: no file I/O (reference statistics files are
+`launch.eval.scores.save_stats` / `load_stats`).
 """
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
 import numpy as np
@@ -197,26 +199,3 @@ class StreamingStats:
     sigma = (self._sum_outer - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
     sigma = 0.5 * (sigma + sigma.T)
     return mean_shifted + self._shift, sigma
-
-
-def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-  """Saves reference statistics as an `.npz` with arrays `mu` and `sigma`.
-
-  The same layout as pytorch-fid's precomputed statistics files, so either
-  tool can read the other's.
-  """
-  path = os.fspath(path)
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  with open(path, "wb") as f:
-    np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
-
-
-def load_stats(path: str | os.PathLike) -> Tuple[np.ndarray, np.ndarray]:
-  """Loads (mu [D], sigma [D, D]) saved by `save_stats` or by pytorch-fid."""
-  with np.load(os.fspath(path)) as data:
-    missing = {"mu", "sigma"} - set(data.files)
-    if missing:
-      raise KeyError(f"{os.fspath(path)} has no {sorted(missing)} (has {sorted(data.files)})")
-    return np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
