@@ -50,7 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from core import plots
+from ddpm import figures as ddpm_figures
 from ddpm import schedules
+from ebm import figures as ebm_figures
 from launch import data as data_lib
 from launch import figures
 from launch import workdir as workdir_lib
@@ -82,7 +85,7 @@ def _training_curve(workdir, names, **kwargs):
     if points:
       steps, values = zip(*points)
       series[name] = (np.asarray(steps), np.asarray(values))
-  return figures.training_curves_figure(series, **kwargs) if series else None
+  return plots.training_curves_figure(series, **kwargs) if series else None
 
 
 # ----------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
   eps = jax.random.normal(k_fwd, (1,) + x0.shape[1:])
   x_t = [x0[:1]] + [schedules.q_sample(task.schedule, x0[:1], jnp.array([t - 1]), eps)
                     for t in ts[1:]]
-  yield "forward_process", figures.forward_process_figure(
+  yield "forward_process", ddpm_figures.forward_process_figure(
       _host(jnp.concatenate(x_t)), ts, title=f"Forward process q(x_t | x_0), T = {t_max}")
 
   # 2. A noisy training minibatch (t uniform in 1..T, as the loss draws it).
@@ -133,7 +136,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
   t_code = jax.random.randint(k_t, (len(x0),), 0, t_max)
   noisy = schedules.q_sample(task.schedule, jnp.asarray(x0), t_code,
                              jax.random.normal(k_eps, x0.shape))
-  yield "noisy_batch", figures.noisy_batch_figure(_host(noisy), (_host(t_code) + 1).tolist())
+  yield "noisy_batch", ddpm_figures.noisy_batch_figure(_host(noisy), (_host(t_code) + 1).tolist())
 
   options = {k: v for k, v in task.sample_options().items() if k != "label"}
 
@@ -142,7 +145,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
   x_T = jax.random.normal(k_traj, (NUM_ROWS,) + tuple(task.image_shape))
   _, traj, every = _sample_rows(task, params, k_traj, ancestral, x_T, _labels(task, NUM_ROWS))
   steps = [max(t_max - (i + 1) * every, 0) for i in range(traj.shape[0])]
-  yield "trajectories", figures.trajectory_figure(
+  yield "trajectories", ddpm_figures.trajectory_figure(
       traj, steps, title=f"Reverse process x_T -> x_0 (ancestral, T = {t_max})")
 
   # 4. One fixed x_T: stochastic vs deterministic sampler.
@@ -158,7 +161,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
   k_s, k_d = jax.random.split(k_init)
   samples_s = _sample_rows(task, params, k_s, stochastic, x_T, fixed_labels)[0]
   samples_d = _sample_rows(task, params, k_d, deterministic, x_T, fixed_labels)[0]
-  yield "fixed_init", figures.fixed_init_figure(
+  yield "fixed_init", ddpm_figures.fixed_init_figure(
       samples_s, samples_d, x_T=_host(x_T[0]),
       title=f"Samples from one fixed x_T: {_describe(stochastic, t_max)} (stochastic) vs "
             f"{_describe(deterministic, t_max)}")
@@ -172,7 +175,7 @@ def _ddpm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, objec
     names = data_lib.class_names(config.data.name)
     title = f"Class-conditional samples ({_describe(options, t_max)}"
     title += f", guidance {options['guidance']:g})" if task.null_label else ")"
-    yield "class_grid", figures.class_grid_figure(np.stack(rows), names, title=title)
+    yield "class_grid", plots.class_grid_figure(np.stack(rows), names, title=title)
 
   yield from _paper_figures(config, task, params, key)
 
@@ -219,7 +222,7 @@ def _paper_figures(config, task, params, key) -> Iterator[tuple[str, object]]:
   _, x0_hat = run(functools.partial(paper_figures.progressive_generation,
                                     capture_t=tuple(capture.tolist()), **chain),
                   _labels(task, PAPER_ROWS), x_T, k_prog)
-  yield "progressive", figures.progressive_figure(
+  yield "progressive", ddpm_figures.progressive_figure(
       x0_hat, (capture + 1).tolist(), title=f"Progressive generation: x0_hat along the "
                                             f"ancestral chain (T = {t_max})")
 
@@ -230,7 +233,7 @@ def _paper_figures(config, task, params, key) -> Iterator[tuple[str, object]]:
                                        latent_t=tuple(t - 1 for t in paper_t),
                                        num_samples=SHARED_SAMPLES, **chain),
                      lab, x_test[0], k_shared)
-  yield "shared_latent", figures.shared_latent_figure(
+  yield "shared_latent", ddpm_figures.shared_latent_figure(
       x_t, samples, paper_t, title="Samples x_0 ~ p(x_0 | x_t) sharing x_t (bottom: least noise)")
 
   # Fig. 8: INTERP_PAIRS pairs of test images through x_t at the paper's t = T/2.
@@ -241,14 +244,14 @@ def _paper_figures(config, task, params, key) -> Iterator[tuple[str, object]]:
          jnp.repeat(y_test[0:2 * INTERP_PAIRS:2], len(lambdas)))
   decoded, _ = run(functools.partial(paper_figures.interpolate, t=t_interp - 1, lambdas=lambdas,
                                      **chain), lab, a, b, k_interp)
-  yield "interpolation", figures.interpolation_figure(a, b, decoded, lambdas, t_interp)
+  yield "interpolation", ddpm_figures.interpolation_figure(a, b, decoded, lambdas, t_interp)
 
   # Fig. 5: rate (the bound's terms, ddpm.likelihood) and distortion of x0_hat.
   lab = y_test[:RD_IMAGES] if task.num_classes else None
   rate, distortion, bound = run(functools.partial(paper_figures.rate_distortion_curve, **chain),
                                 lab, x_test[:RD_IMAGES], k_rd)
   total = float(np.mean(bound.total_bpd))
-  yield "rate_distortion", figures.rate_distortion_figure(
+  yield "rate_distortion", ddpm_figures.rate_distortion_figure(
       rate, distortion, total,
       title=f"Rate-distortion on {len(bound.total_bpd)} {config.data.eval_split} images "
             f"(bound {total:.3f} bits/dim over {math.prod(task.image_shape)} dims)")
@@ -279,7 +282,7 @@ def _denoiser_figures(config, workdir, run, state, key) -> Iterator[tuple[str, o
                         noise, _labels(ddpm_run.task, NUM_ROWS))[0]
     sampler = _describe(options, ddpm_run.task.schedule.num_timesteps)
     title = f"One-step denoiser vs DDPM ({sampler}), same noise"
-  yield "ink_blots", figures.ink_blot_figure(_host(blots), ddpm, noise=_host(noise), title=title)
+  yield "ink_blots", ddpm_figures.ink_blot_figure(_host(blots), ddpm, noise=_host(noise), title=title)
   curve = _training_curve(workdir, ("loss", "eval_loss"), log_scale=True,
                           title="Denoiser training loss")
   if curve is not None:
@@ -297,14 +300,14 @@ def _ebm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object
   _, chain = task.sample(params, key, NUM_ROWS, steps=steps, capture_every=1)
   chain = _host(chain)   # [steps + 1, N, H, W, C], entry 0 the uniform noise
   idx = np.unique(np.linspace(0, steps, NUM_ROWS).round().astype(int))
-  yield "langevin_chain", figures.langevin_chain_figure(
+  yield "langevin_chain", ebm_figures.langevin_chain_figure(
       chain[idx], idx.tolist(), title=f"Langevin chains from noise ({steps} steps)")
   k_grid, k_restore, k_ood = jax.random.split(jax.random.fold_in(key, 1), 3)
   if task.num_classes:   # one program: NUM_ROWS chains of each class
     labels = jnp.repeat(jnp.arange(task.num_classes, dtype=jnp.int32), NUM_ROWS)
     grid = _host(task.sample(params, k_grid, task.num_classes * NUM_ROWS, steps=steps,
                              label=labels))
-    yield "class_grid", figures.class_grid_figure(
+    yield "class_grid", plots.class_grid_figure(
         grid.reshape((task.num_classes, NUM_ROWS) + grid.shape[1:]),
         data_lib.class_names(config.data.name),
         title=f"Class-conditional samples, Langevin on E(x, y) ({steps} steps)")
@@ -313,22 +316,22 @@ def _ebm_figures(config, workdir, run, state, key) -> Iterator[tuple[str, object
   r = task.restoration
   restored = jax.tree.map(_host, task.restoration_run(params, x_test[:NUM_ROWS], k_restore))
   top, left, height, width = r.box
-  yield "inpainting", figures.restoration_figure(
+  yield "inpainting", ebm_figures.restoration_figure(
       restored["inpaint"]["corrupted"], restored["inpaint"]["restored"], x_test[:NUM_ROWS],
       title=f"Box inpainting ({height}x{width} at ({top}, {left}), {r.inpaint_steps} Langevin "
             f"steps; box MSE {restored['inpaint']['mse']:.3f} vs "
             f"{restored['inpaint']['mse_corrupted']:.3f} corrupted)")
-  yield "denoising", figures.restoration_figure(
+  yield "denoising", ebm_figures.restoration_figure(
       restored["denoise"]["corrupted"], restored["denoise"]["restored"], x_test[:NUM_ROWS],
       title=f"Denoising (sigma {r.denoise_sigma:g}, {r.denoise_steps} noise-free steps; "
             f"MSE {restored['denoise']['mse']:.4f} vs "
             f"{restored['denoise']['mse_corrupted']:.4f} corrupted)")
   energies = jax.tree.map(_host, task.ood_energies(params, x_test, k_ood))
   energies = {"test": energies.pop("test"), **energies}   # the test split first
-  yield "energy_histogram", figures.energy_histogram_figure(
+  yield "energy_histogram", ebm_figures.energy_histogram_figure(
       energies, title=f"E(x) of {len(x_test)} {config.data.eval_split} images vs OOD sets")
   buffer = _host(state.extras["buffer"][:100])
-  yield "buffer", figures.buffer_figure(buffer, title=f"Replay buffer ({len(buffer)} entries)")
+  yield "buffer", ebm_figures.buffer_figure(buffer, title=f"Replay buffer ({len(buffer)} entries)")
   energies = _training_curve(workdir, ("energy_pos", "energy_neg"), ylabel="energy",
                              title="Energies over training (low on data)")
   if energies is not None:
@@ -356,7 +359,7 @@ def _classifier_figures(config, workdir, run, state, key) -> Iterator[tuple[str,
     np.add.at(matrix, (batch["label"], _host(predict(params, batch["image"]))), 1)
   names = data_lib.class_names(config.data.name)
   accuracy = np.trace(matrix) / max(matrix.sum(), 1)
-  yield "confusion_matrix", figures.confusion_matrix_figure(
+  yield "confusion_matrix", plots.confusion_matrix_figure(
       matrix, names, title=f"Confusion matrix, {config.data.eval_split} split "
                            f"(accuracy {accuracy:.3f})")
 

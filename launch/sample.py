@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from core import images as image_lib
 from launch import tasks
 from launch import workdir as workdir_lib
 from launch import writers
@@ -92,7 +93,7 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   labels = run.task.sample_labels(num) if run.task.num_classes else None
   labels = None if labels is None else np.asarray(jax.device_get(labels), np.int32)
   sample_kwargs = {k: v for k, v in options.items() if k != "label"}
-  uint8 = figures.to_uint8(generate(run.task, params, key, num, config.sample.batch_size, {},
+  uint8 = image_lib.to_uint8(generate(run.task, params, key, num, config.sample.batch_size, {},
                                     labels))
   step = int(state.step)
   sampling = {**run.task.describe_sampling(sample_kwargs), "label": config.sample.label,
@@ -106,7 +107,7 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   out.mkdir(parents=True, exist_ok=True)
   stem = out / f"sample_{step}_{tag}" if tag else out / f"sample_{step}"
   if jax.process_index() == 0:
-    grid = figures.save_grid(figures.image_grid(uint8, nrow=int(np.ceil(np.sqrt(len(uint8))))),
+    grid = figures.save_grid(image_lib.image_grid(uint8, nrow=int(np.ceil(np.sqrt(len(uint8))))),
                              epath.Path(f"{stem}.png"))
     writers.log_image(workdir, step, f"sample/{stem.name}", grid)
     with epath.Path(f"{stem}.npz").open("wb") as f:

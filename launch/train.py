@@ -29,6 +29,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from core import images as image_lib
+from core import plots
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import sample as sample_lib
@@ -114,7 +116,7 @@ def _sample_grid(run: workdir_lib.Run, config, state, workdir: epath.Path, step:
   images = sample_lib.sample_images(run.task, run.task.sample_params(state), run.keys["sample"],
                                     config.train.num_samples)
   if jax.process_index() == 0:
-    grid = figures.image_grid(figures.to_uint8(images), nrow=int(np.ceil(np.sqrt(len(images)))))
+    grid = image_lib.image_grid(image_lib.to_uint8(images), nrow=int(np.ceil(np.sqrt(len(images)))))
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
     grid = figures.save_grid(grid, out / f"step_{step}.png")
@@ -132,7 +134,7 @@ def _loss_curve(workdir: epath.Path) -> None:
       series[name] = (np.asarray(steps), np.asarray(values))
   if series:
     (workdir / "figures").mkdir(parents=True, exist_ok=True)
-    fig = figures.training_curves_figure(series, log_scale="loss" in series)
+    fig = plots.training_curves_figure(series, log_scale="loss" in series)
     figures.save_figure(fig, workdir / "figures" / "loss_curve.png")
 
 

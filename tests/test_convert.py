@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from ddpm import diffusers_format as fmt
 from launch import config as config_lib
 from launch import convert
 from launch import sample as sample_lib
@@ -45,26 +46,26 @@ def _scaled_256(unet):
 
 def test_the_four_256_checkpoints_share_one_architecture():
   """One 256x256 equivalence test covers celebahq, church, bedroom and cat."""
-  unets = [convert.RELEASED[v].unet for v in ("celebahq", "church", "bedroom", "cat")]
+  unets = [fmt.RELEASED[v].unet for v in ("celebahq", "church", "bedroom", "cat")]
   assert all(u == unets[0] for u in unets)
-  spec = convert.unet_spec(unets[0])
+  spec = fmt.unet_spec(unets[0])
   assert spec.model == dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
                             attn_resolutions=(16,), num_groups=32, num_heads=1)
   assert spec.image_shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("variant", list(convert.RELEASED))
+@pytest.mark.parametrize("variant", list(fmt.RELEASED))
 def test_released_variant_configs_equal_the_released_checkpoints(variant):
   """configs/ddpm_released.py:<variant> needs no override to hold its checkpoint."""
-  released = convert.RELEASED[variant]
+  released = fmt.RELEASED[variant]
   base = config_lib.load(f"{RELEASED_SPEC}:{variant}")
-  overrides = {**convert.model_overrides(convert.unet_spec(released.unet)),
-               **convert.scheduler_overrides(released.scheduler)}
+  overrides = {**fmt.model_overrides(fmt.unet_spec(released.unet)),
+               **fmt.scheduler_overrides(released.scheduler)}
   differ = {k: (v, convert._get(base, k)) for k, v in overrides.items()
             if convert._get(base, k) != v}
   assert not differ
   from launch import tasks
-  assert tasks.build(base).image_shape == convert.unet_spec(released.unet).image_shape
+  assert tasks.build(base).image_shape == fmt.unet_spec(released.unet).image_shape
 
 
 @pytest.mark.parametrize("variant, want", [("cifar10", PARAMS_32), ("church", PARAMS_256)])
@@ -74,11 +75,11 @@ def test_released_parameter_counts_of_our_network(variant, want):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("variant", list(convert.RELEASED))
+@pytest.mark.parametrize("variant", list(fmt.RELEASED))
 def test_released_parameter_counts_equal_diffusers(variant):
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")
-  released = convert.RELEASED[variant]
+  released = fmt.RELEASED[variant]
   with torch.device("meta"):   # shapes only: the 256x256 model has 114M parameters
     model = diffusers.UNet2DModel(**_public(released.unet))
   theirs = sum(p.numel() for p in model.parameters())
@@ -87,30 +88,30 @@ def test_released_parameter_counts_equal_diffusers(variant):
 
 
 def test_unsupported_unet_settings_are_listed_in_one_error():
-  bad = dict(convert.RELEASED["cifar10"].unet, norm_eps=1e-5, flip_sin_to_cos=True,
+  bad = dict(fmt.RELEASED["cifar10"].unet, norm_eps=1e-5, flip_sin_to_cos=True,
              resnet_time_scale_shift="scale_shift", mystery=3)
-  with pytest.raises(convert.ConversionError) as e:
-    convert.unet_spec(bad)
+  with pytest.raises(fmt.ConversionError) as e:
+    fmt.unet_spec(bad)
   for name in ("norm_eps=1e-05", "flip_sin_to_cos=True", "resnet_time_scale_shift", "mystery"):
     assert name in str(e.value)
   # Left out, downsample_padding is diffusers' default 1 (PyTorch padding): refused.
-  without = {k: v for k, v in convert.RELEASED["cifar10"].unet.items()
+  without = {k: v for k, v in fmt.RELEASED["cifar10"].unet.items()
              if k != "downsample_padding"}
-  with pytest.raises(convert.ConversionError, match="downsample_padding=1"):
-    convert.unet_spec(without)
+  with pytest.raises(fmt.ConversionError, match="downsample_padding=1"):
+    fmt.unet_spec(without)
 
 
 def test_scheduler_mapping():
-  s = dict(convert.RELEASED["cifar10"].scheduler, variance_type="fixed_small",
+  s = dict(fmt.RELEASED["cifar10"].scheduler, variance_type="fixed_small",
            clip_sample=False, num_train_timesteps=500, beta_end=0.03)
-  assert convert.scheduler_overrides(s) == {
+  assert fmt.scheduler_overrides(s) == {
       "diffusion.num_timesteps": 500, "diffusion.schedule": "linear",
       "diffusion.beta_start": 1e-4, "diffusion.beta_end": 0.03, "sample.variance": "beta_tilde",
       "diffusion.objective": "eps", "sample.clip_x0": False}
-  assert convert.scheduler_overrides(dict(s, variance_type="fixed_large"))["sample.variance"] \
+  assert fmt.scheduler_overrides(dict(s, variance_type="fixed_large"))["sample.variance"] \
       == "beta"
-  with pytest.raises(convert.ConversionError) as e:
-    convert.scheduler_overrides(dict(s, beta_schedule="scaled_linear",
+  with pytest.raises(fmt.ConversionError) as e:
+    fmt.scheduler_overrides(dict(s, beta_schedule="scaled_linear",
                                      variance_type="learned", thresholding=True))
   for name in ("scaled_linear", "learned", "thresholding"):
     assert name in str(e.value)
@@ -120,27 +121,27 @@ def test_scheduler_mapping():
 
 # A small checkpoint with every kind of tensor: two levels, a shortcut where
 # the width changes, attention at 16x16 (down and up) and in the middle.
-TINY_UNET = dict(convert.RELEASED["cifar10"].unet, block_out_channels=[16, 32],
+TINY_UNET = dict(fmt.RELEASED["cifar10"].unet, block_out_channels=[16, 32],
                  down_block_types=["DownBlock2D", "AttnDownBlock2D"],
                  up_block_types=["AttnUpBlock2D", "UpBlock2D"], layers_per_block=1,
                  norm_num_groups=4)
-TINY_SCHEDULER = dict(convert.RELEASED["cifar10"].scheduler, num_train_timesteps=4,
+TINY_SCHEDULER = dict(fmt.RELEASED["cifar10"].scheduler, num_train_timesteps=4,
                       variance_type="fixed_small")
 
 
 def _tiny_tensors(seed=0):
   """diffusers-named float32 tensors for TINY_UNET, from our own name table."""
-  spec = convert.unet_spec(TINY_UNET)
-  config = config_lib.load(f"{RELEASED_SPEC}:cifar10", convert.model_overrides(spec))
+  spec = fmt.unet_spec(TINY_UNET)
+  config = config_lib.load(f"{RELEASED_SPEC}:cifar10", fmt.model_overrides(spec))
   abstract = convert._abstract_params(config)
   rng = np.random.default_rng(seed)
   tensors = {}
-  for row in convert.name_table(spec.model, abstract):
+  for row in fmt.name_table(spec.model, abstract):
     leaf = abstract
     for part in row.path:
       leaf = leaf[part]
     for name in row.names:
-      shape = convert._torch_shape(row.kind, tuple(leaf.shape))
+      shape = fmt._torch_shape(row.kind, tuple(leaf.shape))
       tensors[name] = rng.normal(0, 0.1, shape).astype(np.float32)
   return tensors
 
@@ -157,9 +158,9 @@ def _write_source(directory, tensors, unet=TINY_UNET, scheduler=TINY_SCHEDULER):
 
 def test_every_tensor_is_mapped_once():
   """The table covers each leaf of our tree once and each diffusers tensor once."""
-  spec = convert.unet_spec(convert.RELEASED["cifar10"].unet)
+  spec = fmt.unet_spec(fmt.RELEASED["cifar10"].unet)
   abstract = convert._abstract_params(config_lib.load(f"{RELEASED_SPEC}:cifar10"))
-  rows = convert.name_table(spec.model, abstract)
+  rows = fmt.name_table(spec.model, abstract)
   paths = [r.path for r in rows]
   names = [n for r in rows for n in r.names]
   assert len(set(paths)) == len(paths) == len(jax.tree.leaves(abstract))
@@ -173,10 +174,10 @@ def test_mapping_layouts():
   """Conv OIHW -> HWIO, linear transposed, q/k/v fused as [q | k | v]."""
   pytest.importorskip("safetensors")
   tensors = _tiny_tensors()
-  spec = convert.unet_spec(TINY_UNET)
-  config = config_lib.load(f"{RELEASED_SPEC}:cifar10", convert.model_overrides(spec))
+  spec = fmt.unet_spec(TINY_UNET)
+  config = config_lib.load(f"{RELEASED_SPEC}:cifar10", fmt.model_overrides(spec))
   abstract = convert._abstract_params(config)
-  params = convert.map_tensors(tensors, convert.name_table(spec.model, abstract), abstract)
+  params = fmt.map_tensors(tensors, fmt.name_table(spec.model, abstract), abstract)
   w = tensors["down_blocks.0.resnets.0.conv1.weight"]
   np.testing.assert_array_equal(params["down_0_block_0"]["conv1"]["kernel"][1, 2, 3, 4],
                                 w[4, 3, 1, 2])
@@ -201,7 +202,7 @@ def test_deprecated_attention_names_are_accepted():
       name = name.replace(f".{new}.", f".{was}.")
     old[name] = value
   assert old.keys() != tensors.keys()
-  assert convert.current_names(old).keys() == tensors.keys()
+  assert fmt.current_names(old).keys() == tensors.keys()
 
 
 def test_missing_extra_and_misshaped_tensors_in_one_error_and_nothing_written(tmp_path):
@@ -211,7 +212,7 @@ def test_missing_extra_and_misshaped_tensors_in_one_error_and_nothing_written(tm
   tensors["down_blocks.0.resnets.0.surprise.weight"] = np.zeros(3, np.float32)
   tensors["up_blocks.1.resnets.0.conv1.weight"] = np.zeros((16, 48, 1, 1), np.float32)
   src = _write_source(tmp_path / "src", tensors)
-  with pytest.raises(convert.ConversionError) as e:
+  with pytest.raises(fmt.ConversionError) as e:
     convert.convert_to_workdir(src, tmp_path / "out")
   message = str(e.value)
   for name in ("conv_out.bias", "mid_block.attentions.0.to_k.weight",
@@ -238,7 +239,7 @@ def test_nonempty_workdir_is_refused(tmp_path):
   src = _write_source(tmp_path / "src", _tiny_tensors())
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "keep.txt").write_text("mine")
-  with pytest.raises(convert.ConversionError, match="not empty"):
+  with pytest.raises(fmt.ConversionError, match="not empty"):
     convert.convert_to_workdir(src, tmp_path / "out")
   assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
@@ -265,8 +266,8 @@ def test_cli_workdir_samples_with_the_printed_command(tmp_path, capsys):
   run, state = workdir_lib.load_trained(str(workdir), config)
   assert int(state.step) == 0
   abstract = convert._abstract_params(config)
-  spec_ = convert.unet_spec(TINY_UNET)
-  want = convert.map_tensors(tensors, convert.name_table(spec_.model, abstract), abstract)
+  spec_ = fmt.unet_spec(TINY_UNET)
+  want = fmt.map_tensors(tensors, fmt.name_table(spec_.model, abstract), abstract)
   for tree in (state.params, state.ema_params):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(tree), want)
   stem = sample_lib.sample_to_workdir(config, str(workdir))
@@ -334,7 +335,7 @@ def test_forward_equals_diffusers(variant, scale, tmp_path):
   pytest.importorskip("safetensors")
   torch.set_num_threads(1)
   start = time.process_time()
-  released = convert.RELEASED[variant]
+  released = fmt.RELEASED[variant]
   unet = {"full": dict(released.unet), "reduced": _scaled_256(released.unet),
           "two_heads": TWO_HEADS_UNET}[scale]
   model = _diffusers_model(torch, diffusers, unet)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import ebm_fashion_mnist
+from core import images as image_lib
 from ebm import cd
 from ebm import ood
 from launch import config as config_lib
@@ -212,7 +213,7 @@ def test_mode_sample_with_a_label_writes_that_label(tmp_path_factory, capsys):
   key = jax.random.fold_in(jax.random.fold_in(run.keys["sample"], config.seed), 0)
   first = run.task.sample(run.task.sample_params(state), key, 4, label=3)
   # (one uint8 level of slack: the mode compiles the chain inside another jit)
-  diff = images[:4].astype(int) - figures.to_uint8(np.asarray(first)).astype(int)
+  diff = images[:4].astype(int) - image_lib.to_uint8(np.asarray(first)).astype(int)
   assert np.abs(diff).max() <= 1 and np.mean(diff == 0) > 0.99
 
 

@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core import images as image_lib
 from launch import config as config_lib
 from launch import data as data_lib
+from launch import workdir as workdir_lib
+from launch.config_errors import ConfigError
 from launch.eval import evaluate
 from launch.eval import feature_check
-from launch.config_errors import ConfigError
 from launch.eval import inception
-from launch import workdir as workdir_lib
 from helpers import MOCK_EXAMPLES, ROOT, untrained as _untrained
 
 NUM_SAMPLES = 12
@@ -272,8 +273,7 @@ def test_mode_sample_saves_labels_and_settings_that_npz_evaluation_reads(tmp_pat
   params = run.task.sample_params(state)
   direct = [np.asarray(run.task.sample(params, key, 8, label=jnp.asarray(np.resize(lab, 8))))[:4]
             for lab in ([8, 9, 0, 1], [0, 1, 2, 3])]
-  from launch import figures
-  diffs = [np.abs(images[8:].astype(int) - figures.to_uint8(d).astype(int)).max() for d in direct]
+  diffs = [np.abs(images[8:].astype(int) - image_lib.to_uint8(d).astype(int)).max() for d in direct]
   assert diffs[0] <= 1 and diffs[1] > 1, diffs
   # The .npz evaluation reads both.
   records = evaluate.evaluate_npz(f"{stem}.npz", str(classifier[1]), min_classifier_accuracy=0.0)

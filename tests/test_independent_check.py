@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from configs import classifier_fashion_mnist
+from core import images as image_lib
 from launch import config as config_lib
 from launch import data as data_lib
-from launch import figures
 from launch import train as train_lib
 from launch.config_errors import ConfigError
 from launch.eval import evaluate
@@ -209,9 +209,9 @@ def test_conditional_evaluation_records_the_independent_check(tmp_path_factory, 
     path = evaluate.scored_grid_path(workdir, fd)
     assert path.name == f"{protocol}_{fd['sampler']}{fd['steps']}.png"
     grid = np.asarray(Image.open(path))
-    tiles = figures.image_grid(np.zeros((min(NUM_SAMPLES, evaluate.GRID_SIZE), 32, 32, 1),
+    tiles = image_lib.image_grid(np.zeros((min(NUM_SAMPLES, evaluate.GRID_SIZE), 32, 32, 1),
                                         np.uint8), nrow=10)
-    assert grid.shape[:2] == figures.upscale_nearest(tiles).shape[:2] and grid.std() > 0
+    assert grid.shape[:2] == image_lib.upscale_nearest(tiles).shape[:2] and grid.std() > 0
   # Unset: skipped, and said so.
   config, workdir = _untrained(tmp_path_factory, "ddpm_mnist_conditional.py:smoke", {"loss": 1.0},
                                **dict(overrides, **{"eval.independent_workdir": ""}))

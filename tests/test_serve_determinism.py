@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from configs import serve as serve_configs
+from core import images as image_lib
 from launch import config as config_lib
-from launch import figures
 from launch import train as train_lib
 from launch.serve import models as serve_models
-from launch.serve import schema as serve_schema
 from launch.serve import queue as serve_queue
+from launch.serve import schema as serve_schema
 from helpers import SMOKE
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def _check_batch_independence(model, options: dict, seed_base: int, num_seeds: i
           mismatched.append((job.seed, i, float(np.max(np.abs(x - reference[job.seed, i])))))
   assert buckets_seen == set(BUCKETS)
   assert not mismatched, f"{len(mismatched)} of {compared} differ, e.g. {mismatched[:5]}"
-  u8 = figures.to_uint8(np.stack(list(reference.values())))
+  u8 = image_lib.to_uint8(np.stack(list(reference.values())))
   assert len({x.tobytes() for x in u8}) == len(u8)  # the images do differ from each other
   print(f"\n{model.name} {options}: {compared} batched images == made alone, bit for bit")
   return compared

@@ -26,7 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from launch import figures
+from core import images as image_lib
 from launch.serve import app as serve
 from launch.serve import schema as serve_schema
 from launch.serve import uploads
@@ -172,7 +172,7 @@ def test_energy_equals_the_tasks_energy_of_the_decoded_image(client, images_batc
     r = post(client, "/energy", data)
     assert r.status_code == 200, r.text
     body = r.json()
-    x = figures.from_uint8(decode(data))[None, :, :, None]
+    x = image_lib.from_uint8(decode(data))[None, :, :, None]
     expected = float(model.task.energy(model.params, x)[0])
     np.testing.assert_allclose(body["energy"], expected, rtol=1e-5, atol=1e-6)
     assert body["ood_score"] == body["energy"]
@@ -289,7 +289,7 @@ def test_class_conditional_energy_per_class_and_marginal(client, images_batcher)
   r = post(client, "/energy", data, model="jem")
   assert r.status_code == 200, r.text
   body = r.json()
-  x = figures.from_uint8(decode(data))[None, :, :, None]
+  x = image_lib.from_uint8(decode(data))[None, :, :, None]
   class_energies = -np.asarray(model.task.class_logits(model.params, x), np.float64)[0]
   np.testing.assert_allclose(body["class_energies"], class_energies, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(body["energy"], float(model.task.energy(model.params, x)[0]),

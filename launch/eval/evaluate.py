@@ -79,6 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from core import images as image_lib
 from launch import checkpoint as checkpoint_lib
 from launch import data as data_lib
 from launch import figures
@@ -168,7 +169,7 @@ def save_scored_grid(workdir, fields: dict, uint8: np.ndarray) -> None:
     return
   path = scored_grid_path(workdir, fields)
   path.parent.mkdir(parents=True, exist_ok=True)
-  figures.save_grid(figures.image_grid(uint8[:GRID_SIZE], nrow=10), path)
+  figures.save_grid(image_lib.image_grid(uint8[:GRID_SIZE], nrow=10), path)
 
 
 def _evaluate_generative(config, workdir, run, state) -> list[dict]:
@@ -204,7 +205,7 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
     labels = None if "label" in options else cycling
     params = dataclasses.replace(task, use_ema=use_ema).sample_params(state)
     images = sample_lib.generate(task, params, key, n, config.sample.batch_size, options, labels)
-    uint8 = figures.to_uint8(images)
+    uint8 = image_lib.to_uint8(images)
     fields = {"protocol": protocol, "num_samples": n,
               **task.describe_sampling({k: v for k, v in options.items() if k != "label"}),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
@@ -419,7 +420,7 @@ def load_npz_images(path: str | os.PathLike, key: str | None = None
     labels = np.asarray(f["labels"]) if "labels" in f.files else None
   if images.dtype != np.uint8:
     raise TypeError(f"{path}[{key!r}] is {images.dtype}; save the samples as uint8 "
-                    "(0..255, e.g. launch.figures.to_uint8 of [-1, 1] images)")
+                    "(0..255, e.g. core.images.to_uint8 of [-1, 1] images)")
   if images.ndim == 3:
     images = images[..., None]
   elif images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from ddpm import figures as ddpm_figures
 from ddpm import likelihood
 from launch import data as data_lib
 from launch import figures
@@ -105,7 +106,7 @@ def nll_records(config, workdir, run, state) -> list[dict]:
     workdir = epath.Path(workdir)
     with (workdir / TERMS_FILE).open("wb") as f:
       np.savez(f, **out)
-    figures.save_figure(figures.nll_terms_figure(
+    figures.save_figure(ddpm_figures.nll_terms_figure(
         terms, float(out["prior_bpd"].mean()),
         title=f"Variational bound per term, {len(images)} {config.data.name} {split} images "
               f"(bits per {model_dims} model dims)"),

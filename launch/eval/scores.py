@@ -27,11 +27,12 @@ from absl import logging
 from etils import epath
 
 from core import frechet
+from core import images as image_lib
 from core import inception as inception_net
 from launch import data as data_lib
 from launch import figures
-from launch.eval import nearest
 from launch import workdir as workdir_lib
+from launch.eval import nearest
 
 CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py "
                       "--workdir runs/classifier_fashion_mnist")
@@ -276,7 +277,7 @@ def classifier_scores(classifier: Classifier, images_uint8: np.ndarray, data_con
   if images_uint8.dtype != np.uint8:
     raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
   mu_ref, sigma_ref, n_ref = reference_stats(classifier, data_config, split)
-  features, logits = classifier.features(figures.from_uint8(images_uint8))
+  features, logits = classifier.features(image_lib.from_uint8(images_uint8))
   fd = frechet.frechet_distance(*frechet.feature_stats(features), mu_ref, sigma_ref)
   ref = {"reference": f"{data_config.name} {split}", "reference_split": split,
          "reference_size": n_ref}
@@ -390,7 +391,7 @@ def nearest_train(data_config, num_train: int, num_test: int) -> NearestTrain:
   data = data_section(data_config, pad_to_32=False)   # distances at the dataset's own size
   image_shape = tuple(data_lib.get_info(data).image_shape)
   # Back to uint8 (exact) and on to [0, 1] as the samples go: a copy is at distance 0.
-  unit = lambda x: nearest.to_unit(figures.to_uint8(x))
+  unit = lambda x: nearest.to_unit(image_lib.to_uint8(x))
   train = unit(split_images(data, data.split, int(num_train)))
   train = train.reshape(len(train), -1)
   test = unit(split_images(data, data.eval_split, int(num_test)))

@@ -22,7 +22,7 @@ from fastapi import responses as fastapi_responses
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 
-from launch import figures
+from core import images as image_lib
 from launch.serve.models import ServedModel
 from launch.serve.programs import sampler_names
 from launch.serve.queue import Batcher, NotReady, QueueFull, Result, Timeout
@@ -230,7 +230,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def grid_png(images_uint8: np.ndarray) -> bytes:
   """The images as one PNG grid, ceil(sqrt(N)) per row."""
   nrow = int(math.ceil(math.sqrt(len(images_uint8))))
-  return png_bytes(figures.image_grid(images_uint8, nrow=nrow))
+  return png_bytes(image_lib.image_grid(images_uint8, nrow=nrow))
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +347,7 @@ async def encode_restored(model: ServedModel, op: str, info: Mapping[str, Any], 
   import anyio  # pylint: disable=import-outside-toplevel
 
   def encode():
-    u8 = figures.to_uint8(result.images)
+    u8 = image_lib.to_uint8(result.images)
     starts, ends = u8[:, 0], u8[:, 1]
     grid = grid_png(ends)
     picture = png_bytes(ends[0]) if len(ends) == 1 else grid
@@ -380,7 +380,7 @@ async def encode_images(model: ServedModel, info: Mapping[str, Any], seed: int, 
   import anyio  # pylint: disable=import-outside-toplevel
 
   def encode():
-    u8 = figures.to_uint8(result.images)
+    u8 = image_lib.to_uint8(result.images)
     grid = grid_png(u8)
     return u8, grid, ([png_bytes(x) for x in u8] if fmt == "json" else None)
 

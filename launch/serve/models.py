@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from core import images as image_lib
 from launch import checkpoint as checkpoint_lib
 from launch import config as config_lib
 from launch import figures
@@ -136,7 +137,7 @@ class ServedModel:
       logging.info("serve: %s: no test images to offer (%s)", self.name, type(e).__name__)
       return ()
     n = min(self.limits.max_examples, len(images))
-    x = figures.to_uint8(data_lib.preprocess(images[:n], self.data_config))
+    x = image_lib.to_uint8(data_lib.preprocess(images[:n], self.data_config))
     if tuple(x.shape[1:]) != self.image_shape:
       return ()
     return x, np.asarray(labels[:n], np.int32)

@@ -53,10 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core import images as image_lib
 from ddpm import samplers as ddpm_samplers
 from ebm import buffer as ebm_buffer
 from ebm import ood as ebm_ood
-from launch import figures
 from launch.serve.schema import (IMAGE_OPS, MAX_SIGMA, ImageOptions, Limits, Options, Plan,
                                  RequestError, SamplerInfo)
 
@@ -405,7 +405,7 @@ class _EBMSampling(Sampling):
 
   def plan_image(self, o: ImageOptions) -> Plan:
     n = o.num_images
-    x = np.broadcast_to(figures.from_uint8(o.image), (n,) + o.image.shape)
+    x = np.broadcast_to(image_lib.from_uint8(o.image), (n,) + o.image.shape)
     if o.op == "energy":  # the image alone: E(x), and E(x, y) for every class y
       return Plan(static=("energy",), extras={"x": x},
                   info={"op": "energy", "num_classes": self.num_classes})
