@@ -1,7 +1,7 @@
 """The classifier network: the domain feature network of the evaluation.
 
 A small CNN trained on the real images of a dataset (the `classifier` task,
-launch/tasks/classifier.py). Its penultimate activations are the features of
+core/classifier_task.py). Its penultimate activations are the features of
 FD-fmnist and its predictions judge the class of class-conditional samples.
 A plain `flax.linen` module: no I/O, no config.
 """

@@ -3,21 +3,27 @@
 The forward process, noisy minibatches, reverse trajectories, fixed-x_T
 samples, the ink-blot denoiser, and the paper's Figures 5-8 (rate-distortion,
 progressive generation, shared latents, interpolation) plus the NLL terms.
-Pure: arrays in, `matplotlib.figure.Figure` out, built with `core.plots`
-(no pyplot, no file I/O). The arrays come from `ddpm.paper_figures` and the
-task's samplers; `launch.figure_mode` writes them.
+The drawing functions are pure: arrays in, `matplotlib.figure.Figure` out,
+built with `core.plots` (no pyplot, no file I/O). `figure_set` draws the
+samples of a trained model (its samplers and `ddpm.paper_figures`, each
+figure's chains one compiled program) and builds the whole set;
+`launch.figure_mode` gives it the data and writes the PNGs.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
+import functools
 import math
+from typing import Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 from matplotlib.figure import Figure
 import numpy as np
 
 from core import images as image_lib
 from core import plots
+from ddpm import paper_figures
+from ddpm import schedules
 
 
 def forward_process_figure(images, timesteps: Sequence[int],
@@ -302,3 +308,199 @@ def nll_terms_figure(terms_bpd, prior_bpd: float,
   if title:
     ax.set_title(title)
   return fig
+
+
+# ----------------------------------------------------------------------------
+# The figure set of a trained model: samples drawn, figures built.
+
+NUM_ROWS = 10              # chains / samples per figure row
+PAPER_ROWS = 8             # progressive generation: chains
+SHARED_SAMPLES = 5         # samples per shared latent
+INTERP_PAIRS = 3           # interpolation: pairs of test images
+RD_IMAGES = 16             # rate-distortion: test images
+NUM_TEST_IMAGES = max(RD_IMAGES, 2 * INTERP_PAIRS)   # what `figure_set` wants of test_images
+
+
+def labels_in_turn(task, num: int, label: int | None = None):
+  """None for unconditional models; `label` for all, or the classes in turn."""
+  if not task.num_classes:
+    return None
+  if label is not None:
+    return jnp.full((num,), label, jnp.int32)
+  return jnp.arange(num, dtype=jnp.int32) % task.num_classes
+
+
+def describe(options: dict, num_timesteps: int) -> str:
+  """A sampler's options in a title, e.g. "DDIM eta=0, 50 steps"."""
+  if options["sampler"] == "ddim":
+    return f"DDIM eta={options['eta']:g}, {options['steps'] or num_timesteps} steps"
+  return f"{options['sampler']}, {num_timesteps} steps"
+
+
+def _host(x) -> np.ndarray:
+  return np.asarray(jax.device_get(x))
+
+
+def sample_rows(task, params, key, options: dict, noise, labels):
+  """NUM_ROWS samples of a `ddpm.task.DDPMTask` and their chain, from `noise`.
+
+  Every call has the same signature (noise, labels and a capture given), so
+  the calls of the figures with equal sampler options share one compiled
+  program.
+
+  Returns:
+    (images [N, H, W, C], trajectory [S, N, H, W, C], capture_every) on the host.
+  """
+  n_steps = (options["steps"] or task.schedule.num_timesteps) if options["sampler"] == "ddim" \
+      else task.schedule.num_timesteps
+  every = math.ceil(n_steps / NUM_ROWS)
+  images, traj = task.sample(params, key, NUM_ROWS, capture_every=every, noise=noise,
+                             label=labels, **options)
+  return _host(images), _host(traj), every
+
+
+def figure_set(task, params, key, train_images, test_images, test_labels,
+               class_names: Sequence[str], *, variance: str, clip_x0: bool,
+               guidance: float, split: str = "test") -> Iterator[tuple[str, Figure]]:
+  """The course's and the paper's figures of a trained DDPM, as (name, figure) pairs.
+
+  forward_process, noisy_batch, trajectories, fixed_init, class_grid
+  (conditional models), then `paper_figure_set`. Timesteps in titles are the
+  paper's t (t = 0 the data, t = T pure noise; code index t - 1).
+
+  Args:
+    task: a `ddpm.task.DDPMTask`.
+    params: its sampling parameters.
+    key: the figures' PRNG key.
+    train_images: [>= 1, H, W, C] training images in [-1, 1] (16 are shown noised).
+    test_images, test_labels: >= NUM_TEST_IMAGES test images and their labels.
+    class_names: the dataset's class names (class_grid).
+    variance, clip_x0, guidance: the paper figures' chains (the config's).
+    split: the test split's name, for titles.
+  """
+  t_max = task.schedule.num_timesteps
+  k_fwd, k_batch, k_traj, k_init, k_grid = jax.random.split(key, 5)
+  x0 = train_images
+
+  # 1. Forward process of one image; paper t = 0 is x_0, t >= 1 is code index t - 1.
+  ts = [round(i * t_max / 10) for i in range(10)]
+  eps = jax.random.normal(k_fwd, (1,) + x0.shape[1:])
+  x_t = [x0[:1]] + [schedules.q_sample(task.schedule, x0[:1], jnp.array([t - 1]), eps)
+                    for t in ts[1:]]
+  yield "forward_process", forward_process_figure(
+      _host(jnp.concatenate(x_t)), ts, title=f"Forward process q(x_t | x_0), T = {t_max}")
+
+  # 2. A noisy training minibatch (t uniform in 1..T, as the loss draws it).
+  k_t, k_eps = jax.random.split(k_batch)
+  t_code = jax.random.randint(k_t, (len(x0),), 0, t_max)
+  noisy = schedules.q_sample(task.schedule, jnp.asarray(x0), t_code,
+                             jax.random.normal(k_eps, x0.shape))
+  yield "noisy_batch", noisy_batch_figure(_host(noisy), (_host(t_code) + 1).tolist())
+
+  options = {k: v for k, v in task.sample_options().items() if k != "label"}
+
+  # 3. Trajectories of the full ancestral chain, captured inside the compiled sampler.
+  ancestral = dict(options, sampler="ancestral", steps=0)
+  x_T = jax.random.normal(k_traj, (NUM_ROWS,) + tuple(task.image_shape))
+  _, traj, every = sample_rows(task, params, k_traj, ancestral, x_T,
+                               labels_in_turn(task, NUM_ROWS))
+  steps = [max(t_max - (i + 1) * every, 0) for i in range(traj.shape[0])]
+  yield "trajectories", trajectory_figure(
+      traj, steps, title=f"Reverse process x_T -> x_0 (ancestral, T = {t_max})")
+
+  # 4. One fixed x_T: stochastic vs deterministic sampler.
+  x_T = jnp.tile(jax.random.normal(k_init, (1,) + tuple(task.image_shape)), (NUM_ROWS, 1, 1, 1))
+  if options["sampler"] == "ddim":
+    stochastic = dict(options, eta=options["eta"] or 1.0)
+    deterministic = dict(options, eta=0.0)
+  else:
+    stochastic = ancestral
+    deterministic = dict(options, sampler="ddim", steps=0, eta=0.0)
+  label = task.spec.label
+  fixed_labels = labels_in_turn(task, NUM_ROWS, label if label is not None else 0)
+  k_s, k_d = jax.random.split(k_init)
+  samples_s = sample_rows(task, params, k_s, stochastic, x_T, fixed_labels)[0]
+  samples_d = sample_rows(task, params, k_d, deterministic, x_T, fixed_labels)[0]
+  yield "fixed_init", fixed_init_figure(
+      samples_s, samples_d, x_T=_host(x_T[0]),
+      title=f"Samples from one fixed x_T: {describe(stochastic, t_max)} (stochastic) vs "
+            f"{describe(deterministic, t_max)}")
+
+  # 5. Class-conditional grid, one class per call.
+  if task.num_classes:
+    rows = []
+    for c, k in enumerate(jax.random.split(k_grid, task.num_classes)):
+      noise = jax.random.normal(k, (NUM_ROWS,) + tuple(task.image_shape))
+      rows.append(sample_rows(task, params, k, options, noise,
+                              labels_in_turn(task, NUM_ROWS, c))[0])
+    title = f"Class-conditional samples ({describe(options, t_max)}"
+    title += f", guidance {options['guidance']:g})" if task.null_label else ")"
+    yield "class_grid", plots.class_grid_figure(np.stack(rows), class_names, title=title)
+
+  yield from paper_figure_set(task, params, key, test_images, test_labels, variance=variance,
+                              clip_x0=clip_x0, guidance=guidance, split=split)
+
+
+def paper_figure_set(task, params, key, test_images, test_labels, *, variance: str,
+                     clip_x0: bool, guidance: float, split: str = "test"
+                     ) -> Iterator[tuple[str, Figure]]:
+  """Progressive generation, shared x_t, interpolation, rate-distortion (paper t in titles).
+
+  The paper's Figs. 5-8 (`ddpm.paper_figures`), each one compiled program.
+  Chains use `variance` and `clip_x0`. Conditional models generate classes
+  in turn (progressive), the source image's class (shared x_t), the first
+  image's class of each pair (interpolation) and each test image's class
+  (rate-distortion), with `guidance` when the model has a null label.
+  """
+  t_max = task.schedule.num_timesteps
+  chain = {"variance": variance, "clip_x0": bool(clip_x0)}
+  guidance = float(guidance) if task.null_label else 1.0
+  k_prog, k_shared, k_interp, k_rd = jax.random.split(jax.random.fold_in(key, 5), 4)
+  x_test = jnp.asarray(test_images)
+  y_test = jnp.asarray(test_labels, jnp.int32)
+
+  def run(fn, labels, *args, **kwargs):
+    """fn(eps_fn, schedule, *args, **kwargs) compiled, the parameters an argument."""
+    def program(params, labels, *args):
+      return fn(task.eps_fn(params, labels, guidance), task.schedule, *args, **kwargs)
+    return jax.tree.map(np.asarray, jax.device_get(jax.jit(program)(params, labels, *args)))
+
+  # Fig. 6: x0_hat every T/10 steps of PAPER_ROWS ancestral chains.
+  capture = np.unique(np.linspace(t_max - 1, 0, NUM_ROWS).round().astype(int))[::-1]
+  x_T = jax.random.normal(k_prog, (PAPER_ROWS,) + tuple(task.image_shape))
+  _, x0_hat = run(functools.partial(paper_figures.progressive_generation,
+                                    capture_t=tuple(capture.tolist()), **chain),
+                  labels_in_turn(task, PAPER_ROWS), x_T, k_prog)
+  yield "progressive", progressive_figure(
+      x0_hat, (capture + 1).tolist(), title=f"Progressive generation: x0_hat along the "
+                                            f"ancestral chain (T = {t_max})")
+
+  # Fig. 7: one test image at the paper's t = T, 3T/4, T/2, T/4, SHARED_SAMPLES chains each.
+  paper_t = sorted({max(1, round(f * t_max)) for f in (1.0, 0.75, 0.5, 0.25)}, reverse=True)
+  lab = None if not task.num_classes else jnp.repeat(y_test[:1], len(paper_t) * SHARED_SAMPLES)
+  x_t, samples = run(functools.partial(paper_figures.shared_latent_samples,
+                                       latent_t=tuple(t - 1 for t in paper_t),
+                                       num_samples=SHARED_SAMPLES, **chain),
+                     lab, x_test[0], k_shared)
+  yield "shared_latent", shared_latent_figure(
+      x_t, samples, paper_t, title="Samples x_0 ~ p(x_0 | x_t) sharing x_t (bottom: least noise)")
+
+  # Fig. 8: INTERP_PAIRS pairs of test images through x_t at the paper's t = T/2.
+  lambdas = tuple(np.linspace(0.0, 1.0, 11).round(2).tolist())
+  t_interp = max(1, t_max // 2)
+  a, b = x_test[0:2 * INTERP_PAIRS:2], x_test[1:2 * INTERP_PAIRS:2]
+  lab = (None if not task.num_classes else
+         jnp.repeat(y_test[0:2 * INTERP_PAIRS:2], len(lambdas)))
+  decoded, _ = run(functools.partial(paper_figures.interpolate, t=t_interp - 1, lambdas=lambdas,
+                                     **chain), lab, a, b, k_interp)
+  yield "interpolation", interpolation_figure(a, b, decoded, lambdas, t_interp)
+
+  # Fig. 5: rate (the bound's terms, ddpm.likelihood) and distortion of x0_hat.
+  lab = y_test[:RD_IMAGES] if task.num_classes else None
+  rate, distortion, bound = run(functools.partial(paper_figures.rate_distortion_curve, **chain),
+                                lab, x_test[:RD_IMAGES], k_rd)
+  total = float(np.mean(bound.total_bpd))
+  yield "rate_distortion", rate_distortion_figure(
+      rate, distortion, total,
+      title=f"Rate-distortion on {len(bound.total_bpd)} {split} images "
+            f"(bound {total:.3f} bits/dim over {math.prod(task.image_shape)} dims)")

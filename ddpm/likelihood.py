@@ -44,11 +44,12 @@ dimension. `variational_bound` runs every term for a batch in one
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy import special
+import numpy as np
 
 from ddpm import objectives
 from ddpm import schedules
@@ -240,3 +241,47 @@ def rate_distortion(bound: Bound) -> tuple[jax.Array, jax.Array]:
   rate = jnp.mean(bound.prior_bpd) + after
   distortion = jnp.sqrt(jnp.mean(bound.x0_mse, axis=0)) * 127.5
   return rate, distortion
+
+
+def variational_bound_batches(eps_fn_of: Callable, schedule: Schedule, params,
+                              images: np.ndarray, labels: np.ndarray | None, key: jax.Array,
+                              batch_size: int, *, variance: str,
+                              clip_x0: bool) -> dict[str, np.ndarray]:
+  """`variational_bound` of every image, in batches of one compiled shape.
+
+  The last batch is padded with copies of its last image (dropped from the
+  result); batch i starting at image s uses the key fold_in(key, s).
+
+  Args:
+    eps_fn_of: (params, labels [B] or None) -> eps_fn, e.g. `DDPMTask.eps_fn`.
+    schedule: the schedule the network was trained with.
+    params: the network's parameters.
+    images: [N, H, W, C] in [-1, 1].
+    labels: [N] int labels (conditional models) or None.
+    key: PRNG key of the bound's noise.
+    batch_size: images per compiled call.
+    variance, clip_x0: the reverse process's, as in `variational_bound`.
+
+  Returns:
+    {"total_bpd" [N], "terms_bpd" [N, T], "prior_bpd" [N], "x0_mse" [N, T]} on the host.
+  """
+  n = len(images)
+  bs = max(1, min(int(batch_size), n))
+
+  @jax.jit
+  def bound(params, x, label, k):
+    return variational_bound(eps_fn_of(params, label), schedule, x, k, variance=variance,
+                              clip_x0=clip_x0)._asdict()
+
+  parts = []
+  for start in range(0, n, bs):
+    x = images[start:start + bs]
+    valid = len(x)
+    lab = None if labels is None else np.resize(labels[start:start + bs], bs)
+    if valid < bs:
+      x = np.concatenate([x, np.repeat(x[-1:], bs - valid, axis=0)])
+    out = jax.device_get(bound(params, jnp.asarray(x),
+                               None if lab is None else jnp.asarray(lab),
+                               jax.random.fold_in(key, start)))
+    parts.append({k: np.asarray(v)[:valid] for k, v in out.items()})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

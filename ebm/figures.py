@@ -3,14 +3,17 @@
 Langevin chains, the replay buffer, restorations (inpainting and denoising)
 and the energy histograms of in- and out-of-distribution images. Pure:
 arrays in, `matplotlib.figure.Figure` out, built with `core.plots` (no
-pyplot, no file I/O); `launch.figure_mode` writes them.
+pyplot, no file I/O). `figure_set` runs the chains of a trained model and
+builds the whole set; `launch.figure_mode` gives it the data and writes the
+PNGs.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import math
+from typing import Iterator, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 from matplotlib.figure import Figure
 import numpy as np
 
@@ -112,3 +115,70 @@ def energy_histogram_figure(energies: Mapping[str, Sequence[float]], bins: int =
   if title:
     ax.set_title(title)
   return fig
+
+
+# ----------------------------------------------------------------------------
+# The figure set of a trained model: chains run, figures built.
+
+NUM_ROWS = 10              # chains / samples per figure row
+OOD_IMAGES = 500           # energy histogram: test images (and as many of each OOD set)
+
+
+def _host(x) -> np.ndarray:
+  return np.asarray(jax.device_get(x))
+
+
+def figure_set(task, params, key, test_images, buffer, class_names: Sequence[str],
+               split: str = "test") -> Iterator[tuple[str, Figure]]:
+  """The course's figures of a trained EBM, as (name, figure) pairs.
+
+  langevin_chain (NUM_ROWS chains from uniform noise, captured inside the
+  compiled chain), class_grid (class-conditional EBMs: NUM_ROWS chains of
+  each class on E(x, y), one program), inpainting and denoising of the first
+  NUM_ROWS test images (`task.restoration_run`), energy_histogram (E(x) of
+  the test images and of each `ebm.ood.make_ood_sets` set made from them),
+  buffer (the replay buffer's entries given).
+
+  Args:
+    task: an `ebm.task.EBMTask`.
+    params: its sampling parameters.
+    key: the figures' PRNG key.
+    test_images: [N, H, W, C] test images in [-1, 1], N >= NUM_ROWS (OOD_IMAGES wanted).
+    buffer: [M, H, W, C] replay-buffer entries to show.
+    class_names: the dataset's class names (class_grid).
+    split: the test split's name, for titles.
+  """
+  steps = int(task.sample_options()["steps"])
+  _, chain = task.sample(params, key, NUM_ROWS, steps=steps, capture_every=1)
+  chain = _host(chain)   # [steps + 1, N, H, W, C], entry 0 the uniform noise
+  idx = np.unique(np.linspace(0, steps, NUM_ROWS).round().astype(int))
+  yield "langevin_chain", langevin_chain_figure(
+      chain[idx], idx.tolist(), title=f"Langevin chains from noise ({steps} steps)")
+  k_grid, k_restore, k_ood = jax.random.split(jax.random.fold_in(key, 1), 3)
+  if task.num_classes:   # one program: NUM_ROWS chains of each class
+    labels = jnp.repeat(jnp.arange(task.num_classes, dtype=jnp.int32), NUM_ROWS)
+    grid = _host(task.sample(params, k_grid, task.num_classes * NUM_ROWS, steps=steps,
+                             label=labels))
+    yield "class_grid", plots.class_grid_figure(
+        grid.reshape((task.num_classes, NUM_ROWS) + grid.shape[1:]), class_names,
+        title=f"Class-conditional samples, Langevin on E(x, y) ({steps} steps)")
+  x_test = jnp.asarray(test_images)
+  r = task.restoration
+  restored = jax.tree.map(_host, task.restoration_run(params, x_test[:NUM_ROWS], k_restore))
+  top, left, height, width = r.box
+  yield "inpainting", restoration_figure(
+      restored["inpaint"]["corrupted"], restored["inpaint"]["restored"], x_test[:NUM_ROWS],
+      title=f"Box inpainting ({height}x{width} at ({top}, {left}), {r.inpaint_steps} Langevin "
+            f"steps; box MSE {restored['inpaint']['mse']:.3f} vs "
+            f"{restored['inpaint']['mse_corrupted']:.3f} corrupted)")
+  yield "denoising", restoration_figure(
+      restored["denoise"]["corrupted"], restored["denoise"]["restored"], x_test[:NUM_ROWS],
+      title=f"Denoising (sigma {r.denoise_sigma:g}, {r.denoise_steps} noise-free steps; "
+            f"MSE {restored['denoise']['mse']:.4f} vs "
+            f"{restored['denoise']['mse_corrupted']:.4f} corrupted)")
+  energies = jax.tree.map(_host, task.ood_energies(params, x_test, k_ood))
+  energies = {"test": energies.pop("test"), **energies}   # the test split first
+  yield "energy_histogram", energy_histogram_figure(
+      energies, title=f"E(x) of {len(x_test)} {split} images vs OOD sets")
+  buffer = _host(buffer)
+  yield "buffer", buffer_figure(buffer, title=f"Replay buffer ({len(buffer)} entries)")

@@ -16,14 +16,15 @@ import pytest
 from PIL import Image
 
 from configs import classifier_fashion_mnist
+from core import classifier_task as classifier_task_lib
 from core import images as image_lib
+from core import nearest
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import train as train_lib
 from launch.config_errors import ConfigError
 from launch.eval import evaluate
 from launch.eval import feature_check
-from launch.eval import nearest
 from launch.tasks import classifier as classifier_task
 from helpers import untrained as _untrained
 
@@ -85,13 +86,13 @@ def test_random_shift_is_a_translation_with_black_border():
   rng = np.random.default_rng(1)
   x = rng.uniform(-1, 1, (5, 7, 6, 1)).astype(np.float32)
   key = jax.random.key(3)
-  shifted = np.asarray(classifier_task.random_shift(jnp.asarray(x), key, 2))
+  shifted = np.asarray(classifier_task_lib.random_shift(jnp.asarray(x), key, 2))
   offsets = np.asarray(jax.random.randint(key, (5, 2), 0, 5))
   padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
   for b, (dy, dx) in enumerate(offsets):
     np.testing.assert_array_equal(shifted[b], padded[b, dy:dy + 7, dx:dx + 6])
   assert len({tuple(o) for o in offsets}) > 1   # each image its own offset
-  np.testing.assert_array_equal(classifier_task.random_shift(jnp.asarray(x), key, 0), x)
+  np.testing.assert_array_equal(classifier_task_lib.random_shift(jnp.asarray(x), key, 0), x)
 
 
 def test_independent_variant_is_a_different_network_on_unpadded_images():

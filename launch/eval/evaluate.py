@@ -56,7 +56,7 @@ configs/classifier_fashion_mnist.py:independent), `fd_independent`,
 accuracy bar (`eval.min_independent_accuracy`); and `nn_train_distance`,
 the samples' mean L2 pixel distance to their nearest of the first
 `eval.nearest_train_images` training images, next to the same mean for as
-many test images (launch/eval/nearest.py; 0 = skip). docs/evaluation.md.
+many test images (core/nearest.py; 0 = skip). docs/evaluation.md.
 
 Samples made elsewhere (e.g. by a PyTorch program), as an .npz of uint8
 images [N, H, W(, C)] (or [N, C, H, W]), optionally with `labels`:

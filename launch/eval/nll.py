@@ -23,7 +23,6 @@ import math
 import types
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
@@ -53,37 +52,6 @@ def _data_dims(data_config, split: str) -> int:
   return math.prod(data_lib.get_info(unpadded, split).image_shape)
 
 
-def variational_bound_batches(task, params, images: np.ndarray, labels: np.ndarray | None,
-                              key: jax.Array, batch_size: int, *, variance: str,
-                              clip_x0: bool) -> dict[str, np.ndarray]:
-  """The bound of every image, in batches of one compiled shape (the last one padded).
-
-  Returns:
-    {"total_bpd" [N], "terms_bpd" [N, T], "prior_bpd" [N], "x0_mse" [N, T]} on the host.
-  """
-  n = len(images)
-  bs = max(1, min(int(batch_size), n))
-
-  @jax.jit
-  def bound(params, x, label, k):
-    eps_fn = task.eps_fn(params, label)
-    return likelihood.variational_bound(eps_fn, task.schedule, x, k, variance=variance,
-                                        clip_x0=clip_x0)._asdict()
-
-  parts = []
-  for start in range(0, n, bs):
-    x = images[start:start + bs]
-    valid = len(x)
-    lab = None if labels is None else np.resize(labels[start:start + bs], bs)
-    if valid < bs:
-      x = np.concatenate([x, np.repeat(x[-1:], bs - valid, axis=0)])
-    out = jax.device_get(bound(params, jnp.asarray(x),
-                               None if lab is None else jnp.asarray(lab),
-                               jax.random.fold_in(key, start)))
-    parts.append({k: np.asarray(v)[:valid] for k, v in out.items()})
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def nll_records(config, workdir, run, state) -> list[dict]:
   """The `nll_bpd` record of a DDPM workdir (none when eval.nll_images = 0); see the module."""
   n = int(config.eval.nll_images)
@@ -95,9 +63,9 @@ def nll_records(config, workdir, run, state) -> list[dict]:
   params = task.sample_params(state)  # restored on one device by workdir.load_trained
   key = jax.random.fold_in(run.keys["sample"], _NLL_STREAM)
   variance, clip_x0 = task.spec.variance, bool(task.spec.clip_x0)
-  out = variational_bound_batches(task, params, images, labels if task.num_classes else None,
-                                  key, config.sample.batch_size, variance=variance,
-                                  clip_x0=clip_x0)
+  out = likelihood.variational_bound_batches(
+      task.eps_fn, task.schedule, params, images, labels if task.num_classes else None, key,
+      config.sample.batch_size, variance=variance, clip_x0=clip_x0)
   model_dims = math.prod(task.image_shape)
   data_dims = _data_dims(config.data, split)
   total = out["total_bpd"].astype(np.float64) * model_dims / data_dims

@@ -29,10 +29,10 @@ from etils import epath
 from core import frechet
 from core import images as image_lib
 from core import inception as inception_net
+from core import nearest
 from launch import data as data_lib
 from launch import figures
 from launch import workdir as workdir_lib
-from launch.eval import nearest
 
 CLASSIFIER_COMMAND = ("python -m launch --config configs/classifier_fashion_mnist.py "
                       "--workdir runs/classifier_fashion_mnist")
@@ -356,7 +356,7 @@ def independent_scores(network: Classifier, images_uint8: np.ndarray, data_confi
 
 @dataclasses.dataclass
 class NearestTrain:
-  """The pixel-space nearest-train-neighbour statistic (launch/eval/nearest.py).
+  """The pixel-space nearest-train-neighbour statistic (core/nearest.py).
 
   Attributes:
     train: float [M, D], the first M training images in [0, 1], flattened
