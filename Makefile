@@ -73,8 +73,13 @@ sample: setup
 # a grid + .npz of config.sample.num samples from the EMA weights.
 demo: train sample
 
+# The default suite in TEST_WORKERS processes (pytest-xdist, whole modules per
+# worker so module fixtures are built once); the slow suite (load tests,
+# timings) runs alone, in one process.
+TEST_WORKERS ?= 2
+
 test: setup-test data browser
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test-slow: setup-test data browser
 	$(PY) -m pytest -q -m slow --durations=10

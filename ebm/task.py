@@ -412,6 +412,69 @@ class EBMTask:
         inpaint_chain=dataclasses.replace(chain, num_steps=r.inpaint_steps),
         denoise_chain=dataclasses.replace(chain, num_steps=r.denoise_steps, noise_scale=0.0))
 
+  def image_program(self, op: str, steps: int = 0, labelled: bool = False):
+    """The per-image program of a served operation: (params, key, inputs) -> output.
+
+    `inputs` holds one image's per-request values (so any value reuses the
+    compiled program): "step_size" [] and "label" [] for the chains, "x"
+    [H, W, C] for the image operations, "known" [H, W, 1] (inpaint), "sigma"
+    [] (denoise). What selects the program is `op`, `steps` and `labelled`
+    (the chain runs on E(x, label), else on E(x)).
+
+    Args:
+      op: "langevin" (a chain from uniform noise, `sample`), "inpaint"
+        (`inpaint`: the known pixels clamped, the others from uniform noise),
+        "denoise" (`denoise` after adding N(0, sigma²)), "energy".
+      steps: the chain's steps (not for "energy").
+      labelled: the chain runs on E(x, label).
+
+    Returns:
+      A function of one image: "langevin" -> the image [H, W, C];
+      "inpaint" / "denoise" -> [2, H, W, C], the chain's start (the
+      corrupted input) and its end; "energy" -> [1 + K]: E(x), then
+      E(x, y) = -f(x)[y] for y = 0..K-1 (K = num_classes, 0 when
+      unconditional).
+    """
+    if op == "energy":
+      def energy(params, key, ex):
+        del key
+        x = ex["x"][None]
+        e = self.energy(params, x)
+        if not self.num_classes:
+          return e
+        return jnp.concatenate([e, -self.class_logits(params, x)[0]])
+      return energy
+
+    def label_of(ex):
+      return ex["label"][None] if labelled else None
+
+    if op == "langevin":
+      def one(params, key, ex):
+        # The step size is an input of the program (a new one compiles nothing).
+        return self.sample(params, key, 1, steps=steps, step_size=ex["step_size"],
+                           labels=label_of(ex))[0]
+      return one
+    if op == "inpaint":
+      def inpaint(params, key, ex):
+        x, known = ex["x"][None], ex["known"][None]
+        # The chain's start, as `ood.inpaint` draws it from this key: uniform
+        # noise in the unknown pixels.
+        noise = replay.uniform_images(jax.random.split(key)[0], 1, x.shape[1:])
+        start = jnp.where(known, x, noise)
+        out = self.inpaint(params, x, known, key, steps=steps, step_size=ex["step_size"],
+                           label=label_of(ex))
+        return jnp.concatenate([start, out])
+      return inpaint
+    if op == "denoise":
+      def denoise(params, key, ex):
+        k_noise, k_chain = jax.random.split(key)
+        noisy = ood.gaussian_noised_set(k_noise, ex["x"][None], ex["sigma"])
+        out = self.denoise(params, noisy, k_chain, steps=steps, step_size=ex["step_size"],
+                           label=label_of(ex))
+        return jnp.concatenate([noisy, out])
+      return denoise
+    raise ValueError(f"op must be langevin, inpaint, denoise or energy, got {op!r}")
+
   def ood_evaluate(self, params: Any, x_in: jax.Array, key: jax.Array,
                    batch_size: int = 256) -> dict[str, jax.Array]:
     """AUROC of E as OOD score, test images vs `ebm.ood.make_ood_sets`."""

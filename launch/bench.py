@@ -8,8 +8,9 @@ and network at the `bench` section's sizes, with freshly initialised
 parameters (the workdir needs no checkpoint). Every program is compiled
 first (`jit(f).lower(...).compile()`, timed: the compile time), run
 `bench.warmup` times untimed (whole sampling chains: once), then timed
-`bench.repeats` times with `block_until_ready`; records give the median (the
-value) and the min and max. Programs run data-parallel over every device of
+`bench.repeats` times with `block_until_ready` (the timers:
+`launch.bench_timing`); records give the median (the value) and the min and
+max. Programs run data-parallel over every device of
 the 1-D mesh, as in training.
 
 Measured:
@@ -36,7 +37,7 @@ Measured:
               memory stats, else the process's peak RSS.
   load        timed records carry `other_procs_cpu_cores`, the CPU other
               processes used meanwhile (Linux), to flag a busy machine.
-  peer        with bench.peer = path of the course's torch_peer.py (and torch
+  peer        (launch.bench_peer) with bench.peer = path of the course's torch_peer.py (and torch
               importable): the peer runs in a subprocess after our programs,
               with the same batch sizes and steps, in bench.peer_modes; rows
               give ours, the peer's and the ratio ours/peer.
@@ -49,26 +50,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
 import platform
 import resource
-import statistics
-import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ebm.networks import energy_fn_of
+from launch import bench_peer
+from launch import bench_timing as timing
 from launch import config as config_lib
 from launch import sharding
 from launch import tasks
@@ -81,7 +79,6 @@ _JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Tasks whose network computes in config.model.dtype (parameters stay float32).
 _DTYPE_TASKS = ("ddpm", "denoiser", "ebm")
 _PEER_SHAPE_EBM = (32, 32, 3)
-_PEER_TIMEOUT_S = 3 * 3600
 
 
 # ---------------------------------------------------------------------------
@@ -159,148 +156,27 @@ def _variant(config, overrides: dict[str, Any]):
 # ---------------------------------------------------------------------------
 # Measuring one program.
 
-@dataclasses.dataclass
-class _Measured:
-  """A compiled, timed program."""
-  compile_s: float
-  lower_s: float
-  times: list[float]
-  flops: float | None          # per call, over all devices (cost analysis; loop bodies once)
-  program_bytes: int | None    # per device (arguments + outputs + temporaries)
-  other_cpu: float | None      # cores other processes kept busy during the timed calls
-
-  @property
-  def median(self) -> float:
-    return statistics.median(self.times)
 
 
-def _cpu_busy_s() -> float | None:
-  """Machine-wide busy CPU seconds so far (Linux /proc/stat), else None."""
-  try:
-    with open("/proc/stat") as f:
-      fields = [int(v) for v in f.readline().split()[1:]]
-  except (OSError, ValueError):
-    return None
-  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-  return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
 
 
-def _cost_flops(compiled) -> float | None:
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # not every backend implements it
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
 
 
-def _program_bytes(compiled) -> int | None:
-  try:
-    m = compiled.memory_analysis()
-  except Exception:
-    return None
-  if m is None:
-    return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
 
 
-def _measure(label: str, jitted, args: tuple, *, repeats: int, warmup: int, num_devices: int,
-             donate_first: bool = False) -> _Measured:
-  """Compiles `jitted` for `args`, runs it `warmup` times, then times `repeats` calls.
-
-  With `donate_first`, each call's first output replaces the first argument
-  (a train step whose state is donated).
-  """
-  t0 = time.perf_counter()
-  lowered = jitted.lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  args = list(args)
-
-  def call():
-    out = compiled(*args)
-    if donate_first:
-      args[0] = out[0]
-    return out
-
-  for _ in range(warmup):
-    jax.block_until_ready(call())
-  times = []
-  busy0, own0, wall0 = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(call())
-    times.append(time.perf_counter() - start)
-  busy1, own1, wall1 = _cpu_busy_s(), _own_cpu_s(), time.perf_counter()
-  other = None
-  if busy0 is not None and busy1 is not None:
-    other = max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
-  flops = _cost_flops(compiled)
-  logging.info("bench: %s compiled in %.1f s, median %.4g s of %d", label, t2 - t0,
-               statistics.median(times), len(times))
-  return _Measured(compile_s=t2 - t0, lower_s=t1 - t0, times=times,
-                   flops=flops * num_devices if flops else None,
-                   program_bytes=_program_bytes(compiled), other_cpu=other)
 
 
 # ---------------------------------------------------------------------------
 # Records.
 
-def _record(name: str, value: float, unit: str, settings: dict[str, Any],
-            **extra: Any) -> dict[str, Any]:
-  return {"name": name, "value": float(value), "unit": unit, **extra, "settings": settings}
 
 
-def _time_records(name: str, m: _Measured, settings: dict[str, Any]) -> list[dict[str, Any]]:
-  """`name`.time, .compile_time and .program_bytes records."""
-  times = m.times
-  timed = settings
-  if m.other_cpu is not None:
-    timed = dict(settings, other_procs_cpu_cores=round(m.other_cpu, 2))
-  out = [_record(f"{name}.time", statistics.median(times), "s", timed,
-                 median=statistics.median(times), min=min(times), max=max(times),
-                 n=len(times)),
-         _record(f"{name}.compile_time", m.compile_s, "s",
-                 dict(settings, lower_s=round(m.lower_s, 4)))]
-  if m.program_bytes is not None:
-    out.append(_record(f"{name}.program_bytes", m.program_bytes, "bytes/device", settings))
-  return out
 
 
-def _rate_record(name: str, amount: float, m: _Measured, unit: str,
-                 settings: dict[str, Any]) -> dict[str, Any]:
-  """amount / time: value from the median time, min/max from the max/min time."""
-  rates = [amount / t for t in m.times]
-  if m.other_cpu is not None:
-    settings = dict(settings, other_procs_cpu_cores=round(m.other_cpu, 2))
-  return _record(name, amount / m.median, unit, settings, median=amount / m.median,
-                 min=min(rates), max=max(rates), n=len(rates))
 
 
-def _flops_records(name: str, m: _Measured, peaks: dict[str, float],
-                   settings: dict[str, Any], flops: float | None = None) -> list[dict[str, Any]]:
-  flops = flops if flops is not None else m.flops
-  if not flops:
-    return []
-  out = [_record(f"{name}.flops", flops, "FLOP/call", settings),
-         _rate_record(f"{name}.flops_per_s", flops, m, "FLOP/s", settings)]
-  for dtype, peak in peaks.items():
-    out.append(_record(f"{name}.frac_of_matmul_peak_{_short(dtype)}", flops / m.median / peak,
-                       "fraction", dict(settings, matmul_peak_flops_per_s=peak)))
-  return out
-
-
-def _short(dtype: str) -> str:
-  return {"float32": "fp32", "bfloat16": "bf16"}.get(dtype, dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -336,11 +212,11 @@ def _matmul_peaks(mesh, bs: BenchSettings) -> tuple[dict[str, float], list[dict[
     b = make(jax.random.key(2))
     fn = jax.jit(lambda a, b, dt=dt: jnp.einsum("bij,bjk->bik", a, b, preferred_element_type=dt),
                  in_shardings=(spec, spec), out_shardings=spec)
-    m = _measure(f"matmul {dtype}", fn, (a, b), repeats=bs.repeats, warmup=max(bs.warmup, 1),
+    m = timing.measure(f"matmul {dtype}", fn, (a, b), repeats=bs.repeats, warmup=max(bs.warmup, 1),
                  num_devices=nd)
     flops = 2.0 * n ** 3 * nd
     settings = {"dtype": dtype, "n": n, "devices": nd}
-    rec = _rate_record(f"matmul.{_short(dtype)}.flops_per_s", flops, m, "FLOP/s", settings)
+    rec = timing.rate_record(f"matmul.{timing.short(dtype)}.flops_per_s", flops, m, "FLOP/s", settings)
     peaks[dtype] = rec["value"]
     records.append(rec)
     del a, b
@@ -369,7 +245,7 @@ def _bench_train(config, bs: BenchSettings, peaks: dict[str, float], tag: str = 
   fn = train_lib.make_train_fn(run.task, run.state_shardings, run.batch_sharding, 1)
   batch = _train_batch(run, bs.batch_size, np.random.default_rng(0))
   nd = run.mesh.devices.size
-  m = _measure(f"train{tag} {config.model.dtype}", fn, (state, batch, run.keys["train"]),
+  m = timing.measure(f"train{tag} {config.model.dtype}", fn, (state, batch, run.keys["train"]),
                repeats=bs.repeats, warmup=bs.warmup, num_devices=nd, donate_first=True)
   settings = _base_settings(config, run.task, bs.batch_size, config.model.dtype, run.mesh)
   flops = m.flops
@@ -382,9 +258,9 @@ def _bench_train(config, bs: BenchSettings, peaks: dict[str, float], tag: str = 
       settings = dict(settings, langevin_steps=steps,
                       flops_note="cost analysis + (langevin_steps - 1) x one energy gradient")
   name = f"train{tag}"
-  records = _time_records(name, m, settings)
-  records.append(_rate_record(f"{name}.images_per_s", bs.batch_size, m, "images/s", settings))
-  records += _flops_records(name, m, peaks, settings, flops)
+  records = timing.time_records(name, m, settings)
+  records.append(timing.rate_record(f"{name}.images_per_s", bs.batch_size, m, "images/s", settings))
+  records += timing.flops_records(name, m, peaks, settings, flops)
   return records
 
 
@@ -402,7 +278,7 @@ def _energy_grad_program(run, batch: int):
 
 def _energy_grad_flops(run, batch: int) -> float | None:
   fn, x = _energy_grad_program(run, batch)
-  flops = _cost_flops(fn.lower(run.abstract_state.params, x).compile())
+  flops = timing.cost_flops(fn.lower(run.abstract_state.params, x).compile())
   return flops * run.mesh.devices.size if flops else None
 
 
@@ -444,10 +320,10 @@ def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
   if "sampler" not in task.sample_options():   # one step (the denoiser): no chain
     fn = jax.jit(lambda p, k, x: task.sample(p, k, batch, noise=x),
                  in_shardings=(repl, repl, data), out_shardings=data)
-    m = _measure("denoiser sample", fn, (params, key, noise), repeats=bs.repeats,
+    m = timing.measure("denoiser sample", fn, (params, key, noise), repeats=bs.repeats,
                  warmup=bs.warmup, num_devices=nd)
-    records += _time_records("sample.denoiser", m, settings)
-    records += _flops_records("sample.denoiser", m, {config.model.dtype: peaks[config.model.dtype]},
+    records += timing.time_records("sample.denoiser", m, settings)
+    records += timing.flops_records("sample.denoiser", m, {config.model.dtype: peaks[config.model.dtype]},
                               settings)
     return records
 
@@ -456,27 +332,27 @@ def _bench_ddpm_sampling(config, bs: BenchSettings, peaks: dict[str, float]
   t = _sharded(data, np.full((batch,), num_timesteps - 1, np.int32))
   forward = jax.jit(lambda p, x, t: task.eps_fn(p, labels)(x, t),
                     in_shardings=(repl, data, data), out_shardings=data)
-  fwd = _measure("forward", forward, (params, noise, t), repeats=bs.repeats, warmup=bs.warmup,
+  fwd = timing.measure("forward", forward, (params, noise, t), repeats=bs.repeats, warmup=bs.warmup,
                  num_devices=nd)
-  records += _time_records("sample.forward", fwd, settings)
-  records += _flops_records("sample.forward", fwd,
+  records += timing.time_records("sample.forward", fwd, settings)
+  records += timing.flops_records("sample.forward", fwd,
                             {config.model.dtype: peaks[config.model.dtype]}, settings)
 
   for sampler, chain_task_, n, options in sampling_chains(config, task, bs):
     fn = jax.jit(lambda p, k, x, ct=chain_task_, o=options: ct.sample(p, k, batch, noise=x, **o),
                  in_shardings=(repl, repl, data), out_shardings=data)
-    m = _measure(f"{sampler} chain", fn, (params, key, noise), repeats=bs.repeats,
+    m = timing.measure(f"{sampler} chain", fn, (params, key, noise), repeats=bs.repeats,
                  warmup=min(bs.warmup, 1), num_devices=nd)
     s = dict(settings, sampler=sampler, steps=n, num_timesteps=chain_task_.schedule.num_timesteps)
     name = f"sample.{sampler}"
-    records += _time_records(f"{name}.chain", m, s)
+    records += timing.time_records(f"{name}.chain", m, s)
     step_time = m.median / n
-    records.append(_record(f"{name}.step_time", step_time, "s", s,
+    records.append(timing.record(f"{name}.step_time", step_time, "s", s,
                            median=step_time, min=min(m.times) / n, max=max(m.times) / n,
                            n=len(m.times)))
-    records.append(_record(f"{name}.step_over_forward", step_time / fwd.median, "ratio",
+    records.append(timing.record(f"{name}.step_over_forward", step_time / fwd.median, "ratio",
                            dict(s, forward_s=fwd.median)))
-    records.append(_rate_record(f"{name}.images_per_s", batch, m, "images/s", s))
+    records.append(timing.rate_record(f"{name}.images_per_s", batch, m, "images/s", s))
   return records
 
 
@@ -496,21 +372,21 @@ def _bench_langevin(config, bs: BenchSettings, peaks: dict[str, float], tag: str
                   langevin_steps=steps, noise_first=chain_settings.noise_first)
   chain = jax.jit(lambda p, k, x: chain_settings.run(energy_fn_of(task.network, p), x, k).x,
                   in_shardings=(repl, repl, data), out_shardings=data)
-  m = _measure(f"langevin{tag}", chain, (params, jax.random.key(5), x0), repeats=bs.repeats,
+  m = timing.measure(f"langevin{tag}", chain, (params, jax.random.key(5), x0), repeats=bs.repeats,
                warmup=min(bs.warmup, 1), num_devices=nd)
   name = f"ebm{tag}.langevin"
-  records = _time_records(f"{name}.chain", m, settings)
-  records.append(_rate_record(f"{name}.steps_per_s", steps, m, "steps/s", settings))
-  records.append(_rate_record(f"{name}.image_steps_per_s", steps * batch, m, "image-steps/s",
+  records = timing.time_records(f"{name}.chain", m, settings)
+  records.append(timing.rate_record(f"{name}.steps_per_s", steps, m, "steps/s", settings))
+  records.append(timing.rate_record(f"{name}.image_steps_per_s", steps * batch, m, "image-steps/s",
                               settings))
   grad, x = _energy_grad_program(run, batch)
-  g = _measure(f"energy grad{tag}", grad, (params, x), repeats=bs.repeats, warmup=bs.warmup,
+  g = timing.measure(f"energy grad{tag}", grad, (params, x), repeats=bs.repeats, warmup=bs.warmup,
                num_devices=nd)
-  records += _time_records(f"ebm{tag}.energy_grad", g, settings)
+  records += timing.time_records(f"ebm{tag}.energy_grad", g, settings)
   step_time = m.median / steps
-  records.append(_record(f"{name}.step_over_energy_grad", step_time / g.median, "ratio",
+  records.append(timing.record(f"{name}.step_over_energy_grad", step_time / g.median, "ratio",
                          dict(settings, energy_grad_s=g.median)))
-  records += _flops_records(f"ebm{tag}.energy_grad", g,
+  records += timing.flops_records(f"ebm{tag}.energy_grad", g,
                             {config.model.dtype: peaks[config.model.dtype]}, settings)
   return records
 
@@ -525,11 +401,11 @@ def _peak_memory() -> dict[str, Any]:
     if stats and "peak_bytes_in_use" in stats:
       peaks.append(int(stats["peak_bytes_in_use"]))
   if peaks:
-    return _record("memory.peak", max(peaks), "bytes",
+    return timing.record("memory.peak", max(peaks), "bytes",
                    {"source": "device memory_stats peak_bytes_in_use (max over local devices)"})
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   rss *= 1 if sys.platform == "darwin" else 1024
-  return _record("memory.peak", rss, "bytes", {"source": "process peak RSS (getrusage)"})
+  return timing.record("memory.peak", rss, "bytes", {"source": "process peak RSS (getrusage)"})
 
 
 def _env_record(config, mesh) -> dict[str, Any]:
@@ -540,196 +416,43 @@ def _env_record(config, mesh) -> dict[str, Any]:
       cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
   except OSError:
     pass
-  return _record("env.devices", len(devices), "devices", {
+  return timing.record("env.devices", len(devices), "devices", {
       "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
       "process_count": jax.process_count(), "jax": jax.__version__,
       "python": platform.python_version(), "cpu": cpu, "os_cpus": os.cpu_count(),
-      "usable_cpus": _usable_cpus(),
+      "usable_cpus": bench_peer.usable_cpus(),
       "loadavg_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
       "task": config.task, "network": config.model.name})
 
 
-def _usable_cpus() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------
 # The PyTorch peer.
 
-def peer_model(config) -> str | None:
-  """The peer's model letter for our network, or None when it has no counterpart."""
-  name = config.model.name
-  if config.task == "ddpm" and name == "simple_unet":
-    return "a"
-  if config.task == "ddpm" and name == "unet_small":
-    return "b_cond" if config.model.conditional else "b"
-  if config.task == "ebm" and name == "cnn_tutorial":
-    return "c"
-  return None
 
 
-_PEER_SHAPES = {"a": (32, 32, 3), "b": (32, 32, 1), "b_cond": (32, 32, 1), "c": (32, 32, 3)}
-_PEER_WIDTHS = {"a": 64, "b": 16, "b_cond": 16, "c": 32}
 
 
-def _run_peer(bs: BenchSettings, letter: str, steps: dict[str, int]) -> list[dict[str, Any]]:
-  """Runs torch_peer.py for `letter`; returns its JSON records (errors logged, dropped)."""
-  threads = bs.peer_threads or _usable_cpus()
-  cmd = [sys.executable, str(pathlib.Path(bs.peer).expanduser()), "--models", letter,
-         "--modes", ",".join(bs.peer_modes), "--threads", str(threads),
-         "--warmup", str(bs.warmup), "--matmul-n", str(bs.matmul_size),
-         "--matmul-reps", str(bs.repeats)]
-  if letter == "c":
-    cmd += ["--bench", "matmul", "ebm", "--ebm-batch", str(bs.batch_size),
-            "--ebm-steps", str(bs.repeats), "--langevin-steps", str(steps["langevin"])]
-  else:
-    ab = "a" if letter == "a" else "b"
-    cmd += ["--bench", "matmul", "train", "sample", "--train-steps", str(bs.repeats),
-            f"--batch-{ab}", str(bs.batch_size), f"--sample-batch-{ab}", str(bs.sample_batch),
-            f"--sample-steps-{ab}", str(steps["ancestral"])]
-  logging.info("Peer: %s", " ".join(cmd))
-  print("running the peer: " + " ".join(cmd), flush=True)
-  # The peer's progress (stderr) shows as it runs; its records come on stdout.
-  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=_PEER_TIMEOUT_S,
-                        check=False)
-  if proc.returncode:
-    raise RuntimeError(f"the peer failed (exit {proc.returncode}); its log is above")
-  records = []
-  for line in proc.stdout.splitlines():
-    line = line.strip()
-    if not line.startswith("{"):
-      continue
-    rec = json.loads(line)
-    if rec.get("error"):
-      logging.warning("Peer record %s failed: %s", rec.get("name"), rec["error"])
-      continue
-    records.append(rec)
-  return records
 
 
-def _find(records: list[dict[str, Any]], name: str, **match) -> dict[str, Any] | None:
-  for r in records:
-    if r.get("name") == name and all(r.get(k) == v for k, v in match.items()):
-      return r
-  return None
 
 
-def _ratio(name: str, ours: float, peer: float, unit: str, higher_is_better: bool,
-           settings: dict[str, Any]) -> dict[str, Any]:
-  return _record(f"vs_peer.{name}", ours / peer, "ours/peer", dict(
-      settings, compared_unit=unit, higher_is_better=higher_is_better), ours=ours, peer=peer)
 
 
-def _peer_rows(bs: BenchSettings, letter: str, ours: list[dict[str, Any]],
-               peer: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Ratio rows ours/peer for every measurement both sides have."""
-  rows = []
-
-  def our(name: str, **match) -> dict[str, Any] | None:
-    return next((r for r in ours if r["name"] == name
-                 and all(r["settings"].get(k) == v for k, v in match.items())), None)
-
-  def common(ours_rec: dict[str, Any], peer_rec: dict[str, Any]) -> dict[str, Any]:
-    s = ours_rec["settings"]
-    shape = s.get("image_shape")
-    like = (shape == list(_PEER_SHAPES[letter]) and s.get("width") == _PEER_WIDTHS[letter])
-    return {"peer_model": letter, "peer_desc": peer_rec.get("desc"),
-            "peer_mode": peer_rec.get("mode"), "peer_threads": peer_rec.get("threads"),
-            "peer_batch": peer_rec.get("batch"), "peer_image_shape": list(_PEER_SHAPES[letter]),
-            "ours_image_shape": shape, "ours_width": s.get("width"), "batch": s.get("batch"),
-            "ours_dtype": s.get("dtype"), "ours_devices": s.get("devices"),
-            "ours_other_procs_cpu_cores": s.get("other_procs_cpu_cores"),
-            "peer_other_procs_cpu_cores": peer_rec.get("other_procs_cpu_cores"),
-            "peer_contaminated": peer_rec.get("contaminated"),
-            "like_for_like": bool(like and s.get("batch") == peer_rec.get("batch"))}
-
-  mm_ours, mm_peer = our("matmul.fp32.flops_per_s"), _find(peer, "matmul_fp32")
-  if mm_ours and mm_peer:
-    rows.append(_ratio("matmul.fp32.flops_per_s", mm_ours["value"],
-                       mm_peer["gflops_median"] * 1e9, "FLOP/s", True,
-                       {"n": bs.matmul_size, "peer_threads": mm_peer.get("threads"),
-                        "ours_devices": mm_ours["settings"]["devices"]}))
-  for mode in bs.peer_modes:
-    if letter == "c":
-      if mode != "eager":
-        continue  # the peer's EBM runs eagerly only
-      tag = ".peer_shape" if our("ebm.peer_shape.langevin.steps_per_s") else ""
-      chain, p_chain = our(f"ebm{tag}.langevin.steps_per_s"), _find(peer, "ebm_langevin_chain")
-      if chain and p_chain:
-        rows.append(_ratio("ebm.langevin.steps_per_s", chain["value"],
-                           p_chain["langevin_steps_per_s"], "steps/s", True,
-                           dict(common(chain, p_chain),
-                                langevin_steps=chain["settings"]["langevin_steps"])))
-      cd, p_cd = our(f"train{tag}.time", dtype="float32"), _find(peer, "ebm_cd_step")
-      if cd and p_cd:
-        rows.append(_ratio("ebm.cd_step.time", cd["value"], p_cd["median_s"], "s", False,
-                           dict(common(cd, p_cd), langevin_steps=p_cd.get("langevin_steps"))))
-      continue
-    train, p_train = (our("train.images_per_s", dtype="float32"),
-                      _find(peer, "ddpm_train_step", mode=mode))
-    if train and p_train:
-      rows.append(_ratio(f"train.images_per_s.{mode}", train["value"], p_train["imgs_per_s"],
-                         "images/s", True, common(train, p_train)))
-    step, chain = our("sample.ancestral.step_time"), our("sample.ancestral.chain.time")
-    p_sample = _find(peer, "ddpm_sample_step", mode=mode)
-    if step and chain and p_sample:
-      n = int(p_sample["n"])
-      s = dict(common(step, p_sample), steps=n,
-               peer_chain="sum of its timed steps (mean_s x n)")
-      rows.append(_ratio(f"sample.ancestral.step_time.{mode}", step["value"],
-                         p_sample["median_s"], "s", False, s))
-      if n == chain["settings"]["steps"]:
-        rows.append(_ratio(f"sample.ancestral.chain_time.{mode}", chain["value"],
-                           p_sample["mean_s"] * n, "s", False, s))
-  return rows
 
 
 # ---------------------------------------------------------------------------
 # Output.
 
-def _fmt(value: float, unit: str) -> str:
-  if unit in ("FLOP/s", "FLOP/call"):
-    return f"{value / 1e9:.3g} G{unit}"
-  if unit.startswith("bytes"):
-    return f"{value / 2 ** 20:.4g} MiB{unit[5:]}"
-  if unit == "s":
-    return f"{value * 1e3:.4g} ms" if value < 1 else f"{value:.4g} s"
-  return f"{value:.4g} {unit}"
 
 
 # settings shown in the table: key -> label
-_SHOWN_SETTINGS = {"dtype": "", "batch": "b", "steps": "steps", "langevin_steps": "langevin",
-                   "image_shape": "", "peer_mode": "peer", "other_procs_cpu_cores": "others_cpu",
-                   "ours_other_procs_cpu_cores": "others_cpu",
-                   "peer_other_procs_cpu_cores": "peer_others_cpu"}
 
 
-def _show(key: str, value: Any) -> str:
-  if key == "image_shape":
-    value = "x".join(str(v) for v in value)
-  label = _SHOWN_SETTINGS[key]
-  return f"{label}={value}" if label else str(value)
 
 
-def format_table(records: list[dict[str, Any]]) -> str:
-  """One line per record: name, value, [min .. max] and the main settings."""
-  lines = []
-  for r in records:
-    if r["name"].startswith("env."):
-      continue
-    value = _fmt(r["value"], r["unit"])
-    if "ours" in r:
-      value += f"  (ours {r['ours']:.4g}, peer {r['peer']:.4g} {r['settings']['compared_unit']})"
-    elif "min" in r and r.get("n", 0) > 1:
-      value += f"  [{_fmt(r['min'], r['unit'])} .. {_fmt(r['max'], r['unit'])}]"
-    shown = " ".join(_show(k, r["settings"][k]) for k in _SHOWN_SETTINGS
-                     if r["settings"].get(k) is not None)
-    lines.append(f"{r['name']:<44} {value:<52} {shown}")
-  return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -772,34 +495,6 @@ def run_bench(config) -> list[dict[str, Any]]:
   return records
 
 
-def compare_with_peer(config, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Runs the peer (bench.peer) and returns the rows ours/peer; [] when it cannot run.
-
-  A peer that fails or has no counterpart of our model is logged, not raised:
-  our own measurements stand without it.
-  """
-  bs = bench_settings(config)
-  if not bs.peer:
-    return []
-  letter = peer_model(config)
-  if letter is None:
-    logging.warning("bench.peer: the peer has no model like %s/%s; no comparison.",
-                    config.task, config.model.name)
-    return []
-  if importlib.util.find_spec("torch") is None:
-    logging.warning("bench.peer: torch is not installed; no comparison.")
-    return []
-  cfg = _variant(config, {"train.batch_size": bs.batch_size})
-  steps = {"langevin": int(cfg.ebm.langevin_steps)}
-  if config.task == "ddpm":
-    steps["ancestral"] = bs.sample_steps or int(cfg.diffusion.num_timesteps)
-  try:
-    peer = _run_peer(bs, letter, steps)
-  except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-    logging.error("bench.peer: %s", e)
-    records[0]["settings"]["peer_error"] = str(e)[-2000:]
-    return []
-  return _peer_rows(bs, letter, records, peer)
 
 
 def _set_loadavg_end(records: list[dict[str, Any]]) -> None:
@@ -823,7 +518,7 @@ def bench_workdir(config, workdir: str) -> list[dict[str, Any]]:
   if jax.process_index() != 0:
     return records
   path = _write(records, workdir)
-  rows = compare_with_peer(config, records)
+  rows = bench_peer.compare_with_peer(config, bench_settings(config), records)
   if rows:
     records += rows
     _set_loadavg_end(records)
@@ -832,6 +527,6 @@ def bench_workdir(config, workdir: str) -> list[dict[str, Any]]:
   print(f"bench: {config.task}/{config.model.name} on {records[0]['value']:g} "
         f"{env['backend']} device(s) ({env['device_kind']}), load average "
         f"{env['loadavg_start']} -> {env.get('loadavg_end')}")
-  print(format_table(records))
+  print(timing.format_table(records))
   print(f"wrote {path}")
   return records

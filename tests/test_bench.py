@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from launch import bench
+from launch import bench_peer
 from launch import config as config_lib
 from launch import tasks
 from launch.config_errors import ConfigError
@@ -171,7 +172,7 @@ def test_peer_rows(ddpm_cli, ebm_records):
 
 def test_peer_model_mapping():
   def model(spec, *overrides):
-    return bench.peer_model(config_lib.load(spec, list(overrides)))
+    return bench_peer.peer_model(config_lib.load(spec, list(overrides)))
   assert model("configs/ddpm_mnist.py:smoke") == "b"
   assert model("configs/ddpm_mnist_conditional.py:smoke") == "b_cond"
   assert model("configs/ebm_cifar10.py:cnn") == "c"

@@ -1,4 +1,5 @@
-"""Packaging: what is imported is declared, the demo installs no torch, the license is there."""
+"""Packaging: what is imported is declared, the demo installs no torch, the license is there,
+the libraries import no launcher and no I/O."""
 from __future__ import annotations
 
 import ast
@@ -93,3 +94,29 @@ def test_license_file_is_the_apache_2_text_setup_cfg_names():
   text = license_file.read_text()
   assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
   assert "END OF TERMS AND CONDITIONS" in text
+
+
+# What the pure libraries may import: the numerics stack, matplotlib's Figure
+# (the figure modules build figures, they write none) and pure standard modules.
+# Never launch/ or configs/, and nothing that reaches files, flags or logs.
+_LIBRARY_IMPORTS = {"__future__", "abc", "dataclasses", "functools", "math", "re", "typing",
+                    "jax", "flax", "optax", "numpy", "scipy", "matplotlib",
+                    "core", "ddpm", "ebm"}
+# ebm/autograd_exercises.py sets PyTorch beside JAX (imported inside its functions).
+_LIBRARY_EXTRA = {"ebm/autograd_exercises.py": {"torch", "importlib"}}
+
+
+def test_libraries_import_no_launcher_and_no_io():
+  bad = []
+  for package in ("core", "ddpm", "ebm"):
+    for path in sorted((ROOT / package).glob("*.py")):
+      rel = f"{package}/{path.name}"
+      allowed = _LIBRARY_IMPORTS | _LIBRARY_EXTRA.get(rel, set())
+      for node in ast.walk(ast.parse(path.read_text())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        bad += [f"{rel}:{node.lineno} imports {n}" for n in names
+                if n.split(".")[0] not in allowed]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
+          bad.append(f"{rel}:{node.lineno} opens a file")
+  assert not bad, "the libraries must stay pure (docs/running.md, Layout):\n" + "\n".join(bad)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import types
 from typing import Any
@@ -29,6 +28,7 @@ from etils import epath
 from core import frechet
 from core import images as image_lib
 from core import inception as inception_net
+from core import metrics
 from core import nearest
 from launch import data as data_lib
 from launch import figures
@@ -75,17 +75,6 @@ def data_section(data_config, **changes) -> types.SimpleNamespace:
 # The classifier as a feature network.
 
 
-def _center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  h, w = x.shape[1:3]
-  th, tw = size
-  if (h, w) == (th, tw):
-    return x
-  if h < th or w < tw:
-    raise ValueError(f"images of {h}x{w} are smaller than the classifier's {th}x{tw}")
-  top, left = (h - th) // 2, (w - tw) // 2   # undoes data.pad_to_32's centred padding
-  return x[:, top:top + th, left:left + tw]
-
-
 @dataclasses.dataclass
 class Classifier:
   """A trained classifier workdir used as feature network.
@@ -130,19 +119,8 @@ class Classifier:
     if x.ndim != 4 or x.shape[-1] != self.image_shape[-1]:
       raise ValueError(f"images must be [N, H, W, {self.image_shape[-1]}] for the classifier "
                        f"in {self.workdir}, got shape {x.shape}")
-    x = _center_crop(x, self.image_shape[:2])
-    n = x.shape[0]
-    bs = max(1, min(batch_size, n))
-    feats, logits = [], []
-    for start in range(0, n, bs):
-      batch = x[start:start + bs]
-      valid = batch.shape[0]
-      if valid < bs:
-        batch = np.concatenate([batch, np.zeros((bs - valid,) + batch.shape[1:], np.float32)])
-      f, l = self._apply(self.params, batch)
-      feats.append(np.asarray(f)[:valid])
-      logits.append(np.asarray(l)[:valid])
-    return np.concatenate(feats), np.concatenate(logits)
+    return metrics.batched_apply(self._apply, self.params,
+                                 metrics.center_crop(x, self.image_shape[:2]), batch_size)
 
 
 def classifier_from_state(config, workdir: str, task, state) -> Classifier:
@@ -285,11 +263,9 @@ def classifier_scores(classifier: Classifier, images_uint8: np.ndarray, data_con
               "features": _features_field(classifier, features.shape[1])}]
   k = logits.shape[1]
   pred = logits.argmax(-1)
-  counts = np.bincount(pred, minlength=k)
-  freq = counts / counts.sum()
-  entropy = -float(np.sum(freq[freq > 0] * np.log(freq[freq > 0])))
+  counts, entropy = metrics.class_histogram(pred, k)
   names = figures.CLASS_NAMES.get(classifier.dataset, tuple(str(i) for i in range(k)))
-  records.append({"metric": "class_histogram", "value": entropy / math.log(k),
+  records.append({"metric": "class_histogram", "value": entropy,
                   "counts": counts.tolist(), "classes": list(names),
                   "classifier_dataset": classifier.dataset})
   if labels is not None:
@@ -299,10 +275,8 @@ def classifier_scores(classifier: Classifier, images_uint8: np.ndarray, data_con
             f"{classifier.dataset}, the samples are {data_config.name}; train one on "
             f"{data_config.name} with --config.data.name={data_config.name}")
     else:
-      correct = pred == labels
-      per_class = [float(correct[labels == c].mean()) if np.any(labels == c) else None
-                   for c in range(k)]
-      records.append({"metric": "class_accuracy", "value": float(correct.mean()),
+      accuracy, per_class = metrics.class_accuracy(pred, labels, k)
+      records.append({"metric": "class_accuracy", "value": accuracy,
                       "per_class": per_class})
   return records
 
@@ -372,7 +346,7 @@ class NearestTrain:
 
   def record(self, images_uint8: np.ndarray) -> dict:
     """The {"metric": "nn_train_distance", ...} record of uint8 samples [N, H, W, C]."""
-    x = _center_crop(nearest.to_unit(images_uint8), self.image_shape[:2])
+    x = metrics.center_crop(nearest.to_unit(images_uint8), self.image_shape[:2])
     distances, _ = nearest.nearest_neighbour(x, self.train)
     return {"metric": "nn_train_distance",
             **nearest.summary(distances, self.test_distances, self.image_shape),

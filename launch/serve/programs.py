@@ -50,13 +50,10 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from core import images as image_lib
 from ddpm import samplers as ddpm_samplers
-from ebm import buffer as ebm_buffer
-from ebm import ood as ebm_ood
 from launch.serve.schema import (IMAGE_OPS, MAX_SIGMA, ImageOptions, Limits, Options, Plan,
                                  RequestError, SamplerInfo)
 
@@ -455,46 +452,10 @@ class _EBMSampling(Sampling):
     return buckets[:1] if static[0] in IMAGE_OPS else buckets
 
   def sample_one(self, static: tuple) -> Callable:
-    op, task = static[0], self.task
-    if op == "energy":
-      def energy(params, key, ex):
-        del key
-        x = ex["x"][None]
-        e = task.energy(params, x)
-        if not self.num_classes:
-          return e
-        return jnp.concatenate([e, -task.class_logits(params, x)[0]])
-      return energy
-    _, steps, labelled = static
-
-    def label_of(ex):
-      return ex["label"][None] if labelled else None
-
-    if op == "langevin":
-      def one(params, key, ex):
-        # The step size is an input of the task's program (a new one compiles nothing).
-        return task.sample(params, key, 1, steps=steps, step_size=ex["step_size"],
-                           labels=label_of(ex))[0]
-      return one
-    if op == "inpaint":
-      def inpaint(params, key, ex):
-        x, known = ex["x"][None], ex["known"][None]
-        # The chain's start, as `ebm.ood.inpaint` draws it from this key (returned to show
-        # the corrupted input): uniform noise in the unknown pixels.
-        noise = ebm_buffer.uniform_images(jax.random.split(key)[0], 1, x.shape[1:])
-        start = jnp.where(known, x, noise)
-        out = task.inpaint(params, x, known, key, steps=steps, step_size=ex["step_size"],
-                           label=label_of(ex))
-        return jnp.concatenate([start, out])
-      return inpaint
-
-    def denoise(params, key, ex):
-      k_noise, k_chain = jax.random.split(key)
-      noisy = ebm_ood.gaussian_noised_set(k_noise, ex["x"][None], ex["sigma"])
-      out = task.denoise(params, noisy, k_chain, steps=steps, step_size=ex["step_size"],
-                         label=label_of(ex))
-      return jnp.concatenate([noisy, out])
-    return denoise
+    if static[0] == "energy":
+      return self.task.image_program("energy")
+    op, steps, labelled = static
+    return self.task.image_program(op, steps, labelled)
 
 
 class _DenoiserSampling(Sampling):
