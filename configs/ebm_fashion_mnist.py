@@ -18,12 +18,8 @@ the 60-step chain), plus checkpoints and four sample grids. The divergence
 guard is on: the tutorial's energies stay within a few units, so |loss| or
 |E| above 1e3 means the run blew up.
 
-Measured (docs/ebm.md, its re-check on a fresh clone, 2026-12-06): the 1600
-steps in 929 s of training loop on 2 CPU cores; 1000 samples from noise,
-FD-fmnist 10.85 / class entropy 0.897 (the independent network: 12.71 /
-0.912); 30 minutes of training (3175 steps) 5.97 / 0.935 (6.23 / 0.960).
-The 80 sampling steps were picked from a sweep of 40-256 (docs/ebm.md).
-Samples are speckled but every class is there.
+Measured (docs/ebm.md): 1600 steps in 929 s of training loop on 2 CPU cores,
+FD-fmnist 10.85 / class entropy 0.897; 30 minutes (3175 steps) 5.97 / 0.935.
 
 Variants (`--config configs/ebm_fashion_mnist.py:ARG`):
   smoke              seconds: c_hid 8, batch 8, buffer 32, 5 Langevin steps, 64 examples.
