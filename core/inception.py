@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
+from core import metrics
+
 PTH_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INPUT_SIZE = 299
 POOL_DIM = 2048
@@ -357,28 +359,12 @@ def inception_features(apply_fn, params, images_uint8, batch_size: int = 250
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"images must be [N, H, W, 1 or 3], got shape {images.shape}")
   if images.dtype != np.uint8:
-    raise TypeError(f"images must be uint8 , got {images.dtype}")
+    raise TypeError(f"images must be uint8 (see core.images.to_uint8), got {images.dtype}")
   n = images.shape[0]
   if n == 0:
     return np.zeros((0, POOL_DIM), np.float32), np.zeros((0, NUM_LOGITS), np.float32)
-  bs = max(1, min(int(batch_size), n))
-  pools, logits, pending = [], [], None
-  for start in range(0, n, bs):
-    batch = images[start:start + bs]
-    valid = batch.shape[0]
-    if valid < bs:
-      batch = np.concatenate([batch, np.zeros((bs - valid,) + batch.shape[1:], np.uint8)])
-    out = apply_fn(params, batch)
-    # Fetch the previous batch only after dispatching this one, so the host
-    # copy overlaps with device work.
-    if pending is not None:
-      pools.append(np.asarray(pending[0][0])[:pending[1]])
-      logits.append(np.asarray(pending[0][1])[:pending[1]])
-    pending = (out, valid)
-  pools.append(np.asarray(pending[0][0])[:pending[1]])
-  logits.append(np.asarray(pending[0][1])[:pending[1]])
-  return (np.concatenate(pools).astype(np.float32),
-          np.concatenate(logits).astype(np.float32))
+  pools, logits = metrics.batched_apply(apply_fn, params, images, batch_size)
+  return pools.astype(np.float32), logits.astype(np.float32)
 
 
 def inception_score(logits_or_probs, splits: int = 10, kind: str = "auto"

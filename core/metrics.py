@@ -37,17 +37,24 @@ def batched_apply(apply: Callable, params, x: np.ndarray, batch_size: int
     batch_size: B (min(B, N) is used).
 
   Returns:
-    The outputs' concatenations over the N inputs, as NumPy arrays.
+    The outputs' concatenations over the N inputs, as NumPy arrays (the host
+    copy of a batch overlaps with the next batch's device call).
   """
   n = x.shape[0]
   bs = max(1, min(int(batch_size), n))
-  parts = []
+  parts, pending = [], None
   for start in range(0, n, bs):
     batch = x[start:start + bs]
     valid = batch.shape[0]
     if valid < bs:
       batch = np.concatenate([batch, np.zeros((bs - valid,) + batch.shape[1:], batch.dtype)])
-    parts.append([np.asarray(out)[:valid] for out in apply(params, batch)])
+    out = apply(params, batch)
+    # Fetch the previous batch only after dispatching this one, so the host
+    # copy overlaps with the device's work.
+    if pending is not None:
+      parts.append([np.asarray(o)[:pending[1]] for o in pending[0]])
+    pending = (out, valid)
+  parts.append([np.asarray(o)[:pending[1]] for o in pending[0]])
   return tuple(np.concatenate(outs) for outs in zip(*parts))
 
 

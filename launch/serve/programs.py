@@ -452,10 +452,7 @@ class _EBMSampling(Sampling):
     return buckets[:1] if static[0] in IMAGE_OPS else buckets
 
   def sample_one(self, static: tuple) -> Callable:
-    if static[0] == "energy":
-      return self.task.image_program("energy")
-    op, steps, labelled = static
-    return self.task.image_program(op, steps, labelled)
+    return self.task.image_program(*static)   # ("energy",) or (op, steps, labelled)
 
 
 class _DenoiserSampling(Sampling):
