@@ -9,6 +9,7 @@ command line is checked against one schema):
   model     network name and its fields (the task turns them into typed
             module fields; the network never sees the ConfigDict)
   diffusion DDPM noise schedule, objective, conditioning
+  distill   consistency distillation of a trained DDPM into a few-step student
   ebm       Langevin dynamics, replay buffer, contrastive-divergence loss
   optim     optimiser, learning-rate schedule, clipping, EMA
   train     budgets and the cadence of logs, checkpoints and samples
@@ -79,6 +80,13 @@ def get_base() -> ml_collections.ConfigDict:
   c.diffusion.min_snr_gamma = 0.0      # > 0: min-SNR-gamma loss weights (Hang et al. 2023); 0 = simple loss
   c.diffusion.class_dropout = 0.0      # label dropout for classifier-free guidance
   c.diffusion.denoise_mix = 0.5        # denoiser task: x_in = (1-m) x0 + m eps
+
+  # Consistency distillation of a trained DDPM (task "ddpm", ddpm/distill.py):
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""       # a trained DDPM workdir; "" = ordinary DDPM training
+  c.distill.num_intervals = 40         # N: the grid of the teacher's DDIM steps (trailing spacing)
+  c.distill.distance = "l2"            # l2 | huber (pseudo-Huber, Song & Dhariwal 2023)
+  c.distill.target = "online"          # online (stop-gradient of the student) | ema (its EMA)
 
   c.ebm = ml_collections.ConfigDict()
   c.ebm.langevin_steps = 60

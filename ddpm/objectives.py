@@ -82,6 +82,18 @@ def output_to_eps(objective: str, schedule: Schedule, x_t: jax.Array, t: jax.Arr
   raise ValueError(f"unknown objective {objective!r}; allowed: {OBJECTIVES}")
 
 
+def output_to_x0(objective: str, schedule: Schedule, x_t: jax.Array, t: jax.Array,
+                 out: jax.Array) -> jax.Array:
+  """x0_hat from the network output `out` of the given objective."""
+  if objective == "eps":
+    return eps_to_x0(schedule, x_t, t, out)
+  if objective == "x0":
+    return out
+  if objective == "v":
+    return v_to_x0(schedule, x_t, t, out)
+  raise ValueError(f"unknown objective {objective!r}; allowed: {OBJECTIVES}")
+
+
 def drop_labels(key: jax.Array, label: jax.Array, p: float, null_label: int) -> jax.Array:
   """Replaces each label by `null_label` with probability p (classifier-free guidance).
 

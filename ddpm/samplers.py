@@ -634,6 +634,62 @@ def heun_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Arra
   return _run_chain(step, x_T, xs, capture_every)
 
 
+CONSISTENCY_MAX_STEPS = 8
+
+
+def consistency_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """The increasing int32 [S] timesteps of the S-step consistency sampler ("trailing").
+
+  tau_i = T - 1 - i T / S for i = 0..S-1 (rounded): 1 step visits T - 1; 2
+  steps T - 1 and T/2 - 1; 4 steps (T = 1000) 999, 749, 499, 249. 0-based.
+  """
+  if not 1 <= num_steps <= min(CONSISTENCY_MAX_STEPS, num_timesteps):
+    raise ValueError(f"the consistency sampler takes 1 to "
+                     f"{min(CONSISTENCY_MAX_STEPS, num_timesteps)} steps, got {num_steps}")
+  ts = np.round(num_timesteps - 1 - np.arange(num_steps) * num_timesteps / num_steps)
+  return ts.astype(np.int32)[::-1].copy()
+
+
+def consistency_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Array, *,
+                       num_steps: int = 1, clip_x0: bool = True, capture_every: int = 0):
+  """Multistep consistency sampling (Song et al. 2023, Algorithm 1) in the VP setting.
+
+  x0 = f(x_T, tau_0) with tau_0 = T - 1; then for each later tau_i of
+  `consistency_timesteps` (decreasing): x = sqrt(a_i) x0 + sqrt(1 - a_i) z,
+  z ~ N(0, I), and x0 = f(x, tau_i). f(x_t, t) is the x0 prediction of
+  eps_fn, (x_t - sqrt(1 - a) eps) / sqrt(a): for a consistency-distilled
+  student (`ddpm.distill`), the endpoint of the teacher's PF-ODE. One network
+  call per step.
+
+  Args:
+    eps_fn: (x_t, t [B]) -> eps_hat.
+    schedule: the noise schedule.
+    x_T: [B, H, W, C] starting noise.
+    key: PRNG key of the re-noising.
+    num_steps: S in [1, CONSISTENCY_MAX_STEPS].
+    clip_x0: clip every x0 to [-1, 1].
+    capture_every: see the module docstring (the chain holds each step's x0).
+
+  Returns:
+    x_0 [B, H, W, C], or (x_0, trajectory) when capture_every > 0.
+  """
+  schedule = schedules.to_device(schedule)
+  ts = jnp.asarray(consistency_timesteps(schedule.num_timesteps, num_steps)[::-1].copy())
+
+  def step(x0, s):
+    i, t = s
+    a = schedule.alpha_bars[t]
+    z = jax.random.normal(jax.random.fold_in(key, i), x0.shape, x0.dtype)
+    x = jnp.where(i == 0, x_T, jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * z)
+    eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+    x0 = (x - jnp.sqrt(1.0 - a) * eps) * jax.lax.rsqrt(a)
+    return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+  # The carry is the latest x0; the first step starts from x_T.
+  return _run_chain(step, jnp.zeros_like(x_T), (jnp.arange(num_steps, dtype=jnp.int32), ts),
+                    capture_every)
+
+
 # ---------------------------------------------------------------------------
 # The sampling spec, the registry of samplers and the dispatcher.
 
@@ -686,6 +742,8 @@ class SamplingSpec:
     num_classes: 0 for unconditional models.
     null_label: the model has the "no label" index num_classes (trained with
       label dropout), so guidance != 1 is possible.
+    distilled: the model is a consistency-distilled student (`ddpm.distill`),
+      which the "consistency" sampler needs.
   """
   sampler: str = "ancestral"
   steps: int = 0
@@ -698,6 +756,7 @@ class SamplingSpec:
   num_timesteps: int = 1000
   num_classes: int = 0
   null_label: bool = False
+  distilled: bool = False
 
   @property
   def num_steps(self) -> int:
@@ -722,7 +781,14 @@ class SamplingSpec:
       raise SpecError("null_label", self.null_label, reason="must be a bool")
     if self.null_label and not num_classes:
       raise SpecError("null_label", self.null_label, reason="needs num_classes > 0")
+    if not isinstance(self.distilled, (bool, np.bool_)):
+      raise SpecError("distilled", self.distilled, reason="must be a bool")
     rule = self.rule
+    if rule.needs_distilled and not self.distilled:
+      raise SpecError("sampler", self.sampler,
+                      reason="it needs a consistency-distilled student (a workdir trained "
+                             "with distill.teacher_workdir, e.g. configs/distill_fashion_mnist.py)",
+                      allowed=self.sampler_names())
     steps = _check_int("steps", self.steps, 0, t_max)
     if self.spacing not in SPACINGS:
       raise SpecError("spacing", self.spacing, allowed=SPACINGS)
@@ -753,6 +819,10 @@ class SamplingSpec:
       _check_int("label", self.label, 0, top)
     return self
 
+  def sampler_names(self) -> tuple[str, ...]:
+    """The names of the samplers this model can run (all but those needing a student)."""
+    return tuple(n for n, r in SAMPLERS.items() if self.distilled or not r.needs_distilled)
+
   def labels(self, num: int) -> np.ndarray | None:
     """The [num] int32 labels of a sample of `num` images (None: unconditional model).
 
@@ -769,7 +839,7 @@ class SamplingSpec:
 jax.tree_util.register_dataclass(
     SamplingSpec, data_fields=["eta", "guidance"],
     meta_fields=["sampler", "steps", "spacing", "variance", "clip_x0", "label", "num_timesteps",
-                 "num_classes", "null_label"])
+                 "num_classes", "null_label", "distilled"])
 
 
 def _check_int(field: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -807,11 +877,15 @@ class SamplerRule:
       label / guidance ones (so a server can refuse the others).
     default_steps: the chain length of steps = 0; 0 means T (the ODE
       solvers, which take at most T - 1 steps, default to a short chain).
+    max_steps: the longest chain (0: as many as the step rule allows).
+    needs_distilled: only a consistency-distilled student can run it.
   """
   run: Callable[..., Any]
   timesteps: Callable[[int, int, str], np.ndarray] | None = None
   options: tuple[str, ...] = ()
   default_steps: int = 0
+  max_steps: int = 0
+  needs_distilled: bool = False
 
 
 def _dpm_solver_rule(sde: bool) -> SamplerRule:
@@ -851,6 +925,15 @@ SAMPLERS: dict[str, SamplerRule] = {
             clip_x0=spec.clip_x0, capture_every=capture_every),
         timesteps=lambda t, s, _: ode_timesteps(t, s, "heun_linspace")[::-1].copy(),
         options=("steps",), default_steps=10),
+    # Multistep consistency sampling of a distilled student (ddpm.distill):
+    # 1 to CONSISTENCY_MAX_STEPS network calls, 1 by default.
+    "consistency": SamplerRule(
+        run=lambda eps_fn, schedule, x_T, key, spec, capture_every: consistency_sample(
+            eps_fn, schedule, x_T, key, num_steps=spec.num_steps, clip_x0=spec.clip_x0,
+            capture_every=capture_every),
+        timesteps=lambda t, s, _: consistency_timesteps(t, s),
+        options=("steps",), default_steps=1, max_steps=CONSISTENCY_MAX_STEPS,
+        needs_distilled=True),
 }
 """Every sampler by name. Add a sampler by adding an entry (after its function)."""
 

@@ -56,6 +56,7 @@ import numpy as np
 import optax
 
 from core.train_state import TrainState
+from ddpm import distill as distill_lib
 from ddpm import objectives
 from ddpm import samplers
 from ddpm import schedules
@@ -219,6 +220,45 @@ class DDPMTask(Task):
     return dict(sampler=spec.sampler, steps=spec.steps, eta=spec.eta, spacing=spec.spacing,
                 variance=spec.variance, clip_x0=spec.clip_x0, label=spec.label,
                 guidance=spec.guidance)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class DistillTask(DDPMTask):
+  """A consistency-distilled student of a trained DDPM (`ddpm.distill`).
+
+  The same network, schedule and objective as its teacher, so it samples
+  like any DDPMTask (its spec has distilled=True, which the "consistency"
+  sampler needs). Training is consistency distillation: the student starts
+  from the teacher's weights, which stay in `state.extras["teacher"]` (a
+  checkpoint alone resumes the run; sampling never needs the teacher's
+  workdir).
+
+  Attributes (besides `DDPMTask`'s):
+    teacher_params: () -> the teacher's parameters; called only to build a
+      fresh state (the start of a distillation run).
+    distill: the distillation hyperparameters.
+  """
+  teacher_params: Callable[[], Any]
+  distill: distill_lib.DistillSettings
+
+  def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    """The student's first state: the teacher's weights (`ddpm.distill.init_student`)."""
+    del key, batch
+    return distill_lib.init_student(self.teacher_params(), self.tx)
+
+  def abstract_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+    """The shapes of `init_state` without loading the teacher (restoring a student)."""
+    def shapes(key, batch):
+      return distill_lib.init_student(super(DistillTask, self).init_state(key, batch).params,
+                                      self.tx)
+    return jax.eval_shape(shapes, key, batch)
+
+  def train_step(self, state: TrainState, batch: dict[str, jax.Array],
+                 key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One consistency-distillation update: `ddpm.distill.distill_step`."""
+    return distill_lib.distill_step(state, batch, key, network=self.network, tx=self.tx,
+                                    schedule=self.schedule, objective=self.objective,
+                                    settings=self.train_settings, distill=self.distill)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("num", "guided", "capture_every"))

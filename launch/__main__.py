@@ -1,7 +1,8 @@
 """Command line: `python -m launch --config configs/X.py[:variant] --workdir DIR [--mode M]`.
 
-Modes: train (default; resumes automatically), sample, evaluate, figures, bench,
-serve. Any config key can be overridden: `--config.train.steps=100`.
+Modes: train (default; resumes automatically), distill (train a few-step
+student of a trained DDPM workdir, config.distill), sample, evaluate, figures,
+bench, serve. Any config key can be overridden: `--config.train.steps=100`.
 Multi-host (TPU VM pods, GPU clusters): add `--multihost` on every host (or
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`).
 
@@ -27,7 +28,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with :variant.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
-_MODE = flags.DEFINE_string("mode", "train", "train | sample | evaluate | figures | bench | serve")
+_MODE = flags.DEFINE_string("mode", "train", "train | distill | sample | evaluate | figures | bench | serve")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() with autodetection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
@@ -40,6 +41,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 # mode -> "module:function(config, workdir)"
 MODES = {
     "train": "launch.train:train_and_evaluate",
+    "distill": "launch.train:distill_and_evaluate",
     "sample": "launch.sample:sample_to_workdir",
     "evaluate": "launch.eval.evaluate:evaluate_workdir",
     "serve": "launch.serve.app:serve",
@@ -163,7 +165,7 @@ def main(argv):
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  _log_to_workdir(_WORKDIR.value, create=_MODE.value == "train")
+  _log_to_workdir(_WORKDIR.value, create=_MODE.value in ("train", "distill"))
   module_name, fn_name = MODES[_MODE.value].split(":")
   fn = getattr(importlib.import_module(module_name), fn_name)
   # The modes that take it get the task `validate` built, so it is built once.

@@ -297,6 +297,24 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
   return state
 
 
+def distill_and_evaluate(config, workdir: str, task=None) -> Any:
+  """`--mode distill`: `train_and_evaluate` of a config that distils a teacher.
+
+  The same loop (the task's train step is consistency distillation,
+  `ddpm.distill`); this mode only insists that config.distill.teacher_workdir
+  names the teacher, so a distillation is never run as plain training.
+  """
+  from launch.config_errors import ConfigError
+  if config.task != "ddpm" or not config.distill.get("teacher_workdir", ""):
+    raise ConfigError("distill.teacher_workdir", config.distill.get("teacher_workdir", ""),
+                      reason="--mode distill needs a trained DDPM workdir to distil (e.g. "
+                             "configs/distill_fashion_mnist.py)")
+  task = config_lib.validate(config) if task is None else task
+  if not (epath.Path(workdir) / "checkpoints").exists():
+    task.teacher_params()   # a bad teacher stops here, before the workdir is made
+  return train_and_evaluate(config, workdir, task)
+
+
 def _loss_curve_safe(workdir: epath.Path) -> None:
   if jax.process_index() == 0:
     _loss_curve(workdir)

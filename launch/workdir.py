@@ -51,7 +51,7 @@ class Run:
     mesh: the 1-D data mesh.
     state_shardings: a sharding per leaf of the state (replicated over the
       mesh, or all on one device after `prepare(..., device=d)`).
-    abstract_state: `jax.eval_shape` of the task's `init_state`.
+    abstract_state: the shapes of the task's `init_state` (`tasks.abstract_state`).
     batch_sharding: batches split over the mesh's data axis.
     keys: the run's "init", "train" and "sample" keys (from config.seed).
   """
@@ -92,7 +92,7 @@ def prepare(config, task=None, *, device: jax.Device | None = None) -> Run:
   task = tasks.build(config) if task is None else task
   mesh = sharding.make_mesh(config.mesh.data_axis)
   keys = run_keys(config.seed)
-  abstract = jax.eval_shape(task.init_state, keys["init"], example_batch(task))
+  abstract = tasks.abstract_state(task, keys["init"], example_batch(task))
   where = (sharding.replicated(mesh) if device is None
            else jax.sharding.SingleDeviceSharding(device))
   state_shardings = jax.tree.map(lambda _: where, abstract)

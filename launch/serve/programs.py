@@ -195,6 +195,8 @@ class _DDPMSampling(Sampling):
     """The longest chain the sampler's step rule allows (T, or T - 1 for the ODE solvers)."""
     if rule.timesteps is None:
       return self.T
+    if rule.max_steps:
+      return min(rule.max_steps, self.T)
     try:
       rule.timesteps(self.T, self.T, self.spec.spacing)
       return self.T
@@ -203,7 +205,8 @@ class _DDPMSampling(Sampling):
 
   def samplers(self) -> list[SamplerInfo]:
     out = []
-    for name, rule in ddpm_samplers.SAMPLERS.items():
+    for name in self.spec.sampler_names():
+      rule = ddpm_samplers.SAMPLERS[name]
       options = {"spacing": self.spec.spacing} if "spacing" in rule.options else {}
       if "variance" in rule.options:
         options["variance"] = self.spec.variance
@@ -223,9 +226,9 @@ class _DDPMSampling(Sampling):
   def plan(self, o: Options) -> Plan:
     _reject(o, ("step_size",), "only energy-based (Langevin) models take step_size")
     sampler = self.spec.sampler if o.sampler is None else o.sampler
-    if sampler not in ddpm_samplers.SAMPLERS:
+    if sampler not in self.spec.sampler_names():
       raise RequestError("sampler", f"{sampler!r} is not a sampler of this model "
-                                    f"(allowed: {', '.join(ddpm_samplers.SAMPLERS)})")
+                                    f"(allowed: {', '.join(self.spec.sampler_names())})")
     rule = ddpm_samplers.SAMPLERS[sampler]
     if o.eta is not None and "eta" not in rule.options:
       raise RequestError("eta", f"the {sampler!r} sampler takes no eta (only "
@@ -283,7 +286,7 @@ class _DDPMSampling(Sampling):
       return [default]
     others = [self._static(dataclasses.replace(self.spec, sampler=name,
                                                steps=self._steps_default(name)), guided)
-              for name in ddpm_samplers.SAMPLERS]
+              for name in self.spec.sampler_names()]
     return [default] + [s for s in others if s != default]
 
   def sample_one(self, static: tuple) -> Callable:

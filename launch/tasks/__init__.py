@@ -8,6 +8,10 @@ ConfigDict) that implements the task protocol:
   init_state(key, batch) -> TrainState
       Pure; the loop calls it under `jax.eval_shape` first (abstract-first)
       and then under `jax.jit` with output shardings.
+  abstract_state(key, batch) -> the shapes of init_state (optional; default
+      `jax.eval_shape(init_state, ...)`): a task whose fresh state reads
+      something heavy (a distilled student's teacher) gives its shapes
+      without reading it, so restoring a checkpoint never needs it.
   train_step(state, batch, key) -> (state, metrics)
       Pure and jit-compiled once by the loop, with `state` donated. `key` is
       the run's constant train key: the step derives its randomness with
@@ -44,6 +48,14 @@ _TASKS = {
     "ebm": "launch.tasks.ebm",
     "classifier": "launch.tasks.classifier",
 }
+
+
+def abstract_state(task, key, batch) -> Any:
+  """The abstract (shape-only) state of `task.init_state(key, batch)`."""
+  if hasattr(task, "abstract_state"):
+    return task.abstract_state(key, batch)
+  import jax
+  return jax.eval_shape(task.init_state, key, batch)
 
 
 def names() -> tuple[str, ...]:

@@ -25,11 +25,14 @@ their `use_ema`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import numpy as np
 
+from ddpm import distill as distill_lib
 from ddpm import networks
 from ddpm import objectives
 from ddpm import samplers
@@ -116,7 +119,7 @@ def _validate_model(config, shape: tuple[int, int, int]) -> None:
 
 
 def spec_from_config(config, num_classes: int, null_label: bool,
-                     num_timesteps: int = 1) -> samplers.SamplingSpec:
+                     num_timesteps: int = 1, distilled: bool = False) -> samplers.SamplingSpec:
   """The validated SamplingSpec of config.sample (ConfigError naming the sample.* key)."""
   s = config.sample
   label = s.label
@@ -126,7 +129,7 @@ def spec_from_config(config, num_classes: int, null_label: bool,
     return samplers.SamplingSpec(
         sampler=s.sampler, steps=s.steps, eta=s.eta, spacing=s.spacing, variance=s.variance,
         clip_x0=s.clip_x0, guidance=s.guidance, label=label, num_timesteps=num_timesteps,
-        num_classes=num_classes, null_label=null_label).validate()
+        num_classes=num_classes, null_label=null_label, distilled=distilled).validate()
   except samplers.SpecError as e:
     value = s.label if e.field == "label" else e.value
     raise ConfigError(f"sample.{e.field}", value, reason=e.reason, allowed=e.allowed) from None
@@ -155,14 +158,83 @@ def validate(config) -> samplers.SamplingSpec:
     check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
     check_choice("diffusion.objective", d.objective, objectives.OBJECTIVES)
     check_range("diffusion.min_snr_gamma", d.min_snr_gamma, 0.0, None)
-    spec = spec_from_config(config, num_classes, null_label, d.num_timesteps)
+    distilled = _validate_distill(config)
+    spec = spec_from_config(config, num_classes, null_label, d.num_timesteps, distilled)
   else:
     check_range("diffusion.denoise_mix", d.denoise_mix, 0.0, 1.0, lo_open=True)
+    if config.distill.teacher_workdir:
+      raise ConfigError("distill.teacher_workdir", config.distill.teacher_workdir,
+                        reason="only task='ddpm' can be distilled")
     # The denoiser takes one step: of its spec only the label rule applies.
     spec = spec_from_config(config, num_classes, null_label)
   check_bool("sample.use_ema", config.sample.use_ema)
   check_int("train.batch_size", config.train.batch_size, 1)
   return spec
+
+
+def _validate_distill(config) -> bool:
+  """Checks the distill.* keys; True when the config distils a teacher."""
+  dc = config.distill
+  if not isinstance(dc.teacher_workdir, str):
+    raise ConfigError("distill.teacher_workdir", dc.teacher_workdir, reason="must be a path")
+  if not dc.teacher_workdir:
+    return False
+  check_int("distill.num_intervals", dc.num_intervals, 1, config.diffusion.num_timesteps)
+  try:
+    distill_lib.consistency_grid(config.diffusion.num_timesteps, dc.num_intervals)
+  except ValueError as e:
+    raise ConfigError("distill.num_intervals", dc.num_intervals, reason=str(e)) from None
+  check_choice("distill.distance", dc.distance, distill_lib.DISTANCES)
+  check_choice("distill.target", dc.target, distill_lib.TARGETS)
+  return True
+
+
+# The keys a student shares with its teacher (the same network on the same images).
+_TEACHER_KEYS = ("data.name", "data.pad_to_32", "diffusion.schedule", "diffusion.num_timesteps",
+                 "diffusion.beta_start", "diffusion.beta_end",
+                 "diffusion.beta_reference_timesteps", "diffusion.cosine_s",
+                 "diffusion.objective", "diffusion.class_dropout")
+
+
+def _teacher_loader(config) -> Callable[[], Any]:
+  """() -> the teacher's sampling parameters (host arrays), loaded once, on first call.
+
+  Raises (when called) ConfigError naming distill.teacher_workdir or the first
+  key where the teacher's config and the student's differ.
+  """
+  path = config.distill.teacher_workdir
+  student = config
+
+  @functools.cache
+  def load():
+    from launch import workdir as workdir_lib   # workdir imports tasks: import on use
+    from launch.checkpoint import CheckpointError
+    try:
+      teacher_config = workdir_lib.load_config(path)
+    except CheckpointError as e:
+      raise ConfigError("distill.teacher_workdir", path,
+                        reason=f"not a trained DDPM workdir ({e})") from None
+    if teacher_config.task != "ddpm" or teacher_config.distill.teacher_workdir:
+      raise ConfigError("distill.teacher_workdir", path,
+                        reason="the teacher must be a DDPM (task 'ddpm', not itself a student)")
+    keys = [f"model.{k}" for k in student.model] + list(_TEACHER_KEYS)
+    for key in keys:
+      section, name = key.split(".")
+      mine, theirs = student[section][name], teacher_config[section][name]
+      if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
+         (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+        raise ConfigError(key, mine, reason=f"the teacher {path} has {theirs!r}; a student "
+                                            "has its teacher's network and schedule")
+    try:
+      # Eagerly, also when the first call comes while `init_state` is traced.
+      with jax.ensure_compile_time_eval():
+        run, state = workdir_lib.load_trained(path, teacher_config,
+                                              device=jax.local_devices()[0])
+    except CheckpointError as e:
+      raise ConfigError("distill.teacher_workdir", path, reason=str(e)) from None
+    return jax.device_get(run.task.sample_params(state))
+
+  return load
 
 
 def build(config) -> task_lib.Task:
@@ -189,5 +261,13 @@ def build(config) -> task_lib.Task:
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
                                      beta_end=d.beta_end, cosine_s=d.cosine_s,
                                      beta_reference_timesteps=d.beta_reference_timesteps)
+  if config.distill.teacher_workdir:
+    dc = config.distill
+    return task_lib.DistillTask(
+        schedule=schedule, objective=d.objective, min_snr_gamma=float(d.min_snr_gamma),
+        teacher_params=_teacher_loader(config),
+        distill=distill_lib.DistillSettings(num_intervals=int(dc.num_intervals),
+                                            distance=dc.distance, target=dc.target),
+        **common)
   return task_lib.DDPMTask(schedule=schedule, objective=d.objective,
                   min_snr_gamma=float(d.min_snr_gamma), **common)
