@@ -200,6 +200,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.bench.peer = ""                    # path of the PyTorch peer torch_peer.py; "" = none
   c.bench.peer_modes = "eager"         # the peer's modes: eager, compile (comma-separated)
   c.bench.peer_threads = 0             # the peer's torch threads; 0 = this process's cores
+  c.bench.serve_images = 0             # >0: also time POST /generate of N images (trained workdir)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data_axis = "data"

@@ -43,17 +43,21 @@ def get_config(arg=None):
   c.optim.decay = "cosine"
   c.optim.final_lr_factor = 0.0
   c.optim.ema_decay = 0.995
-  c.train.steps = 1200
+  c.train.steps = 1400
   c.train.batch_size = 64
   c.train.ckpt_every = 300
   c.sample.sampler = "consistency"
   c.sample.steps = 1
   c.sample.clip_x0 = True
+  c.bench.sample_batch = 64           # the 64-image grid (bench: chains and POST /generate)
+  c.bench.serve_images = 64
+  c.bench.ddim_steps = 4             # the teacher's 4-step DDIM, timed beside the student
   if arg == "conditional":
     c.distill.teacher_workdir = "runs/ddpm_fashion_mnist_conditional"
     c.sample.guidance = 1.0          # the student learned the conditional teacher (no guidance)
   elif arg == "smoke":
     base.smoke_run(c)
+    c.bench.serve_images = 4
     c.distill.teacher_workdir = "/tmp/ddpm_fashion_mnist"
     c.distill.num_intervals = 5
   return c

@@ -3,6 +3,9 @@
   DDPMTask      Ho et al.'s DDPM: eps / x0 / v objective, optional class
                 conditioning with label dropout for classifier-free guidance,
                 ancestral / deterministic / DDIM / DPM-Solver samplers.
+  DistillTask   a DDPMTask whose training is consistency distillation of a
+                trained teacher (`ddpm.distill`); it alone can run the
+                "consistency" sampler.
   DenoiserTask  the one-step 50/50 denoiser ("ink blot" baseline): predicts
                 x0 from (1 - m) x0 + m eps, m = denoise_mix.
 
@@ -17,8 +20,9 @@ sample with, and `task.sample(params, key, num)` samples with the spec.
 Options given to `sample` replace the spec's fields for that call:
   sampler        "ancestral" (Algorithm 2), "deterministic" (Algorithm 2
                  with z = 0), "ddim", "dpmpp_2m" (DPM-Solver++(2M)),
-                 "dpmpp_2m_sde" (SDE-DPM-Solver++(2M)) or "heun" (EDM's
-                 Heun): the names of `ddpm.samplers.SAMPLERS`.
+                 "dpmpp_2m_sde" (SDE-DPM-Solver++(2M)), "heun" (EDM's
+                 Heun) or, for a distilled student, "consistency" (1-8
+                 steps): the names of `ddpm.samplers.SAMPLERS`.
   steps          the chain length of DDIM and the solvers (0 = their
                  default); ancestral and deterministic take all T steps.
   eta            DDIM stochasticity in [0, 1].

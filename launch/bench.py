@@ -37,6 +37,9 @@ Measured:
               memory stats, else the process's peak RSS.
   load        timed records carry `other_procs_cpu_cores`, the CPU other
               processes used meanwhile (Linux), to flag a busy machine.
+  serve       with bench.serve_images = N > 0 and a trained workdir: POST
+              /generate of N images with the config's sampler through the
+              server's app and batcher in process (`bench_serve`).
   peer        (launch.bench_peer) with bench.peer = path of the course's torch_peer.py (and torch
               importable): the peer runs in a subprocess after our programs,
               with the same batch sizes and steps, in bench.peer_modes; rows
@@ -79,6 +82,8 @@ _JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Tasks whose network computes in config.model.dtype (parameters stay float32).
 _DTYPE_TASKS = ("ddpm", "denoiser", "ebm")
 _PEER_SHAPE_EBM = (32, 32, 3)
+DISTILLED_STEPS = (1, 2, 4)        # the consistency chains of a distilled student
+DISTILLED_SOLVER_STEPS = 20        # ... and the teacher's default solver, for comparison
 
 
 # ---------------------------------------------------------------------------
@@ -99,6 +104,7 @@ class BenchSettings:
   peer: str
   peer_modes: tuple[str, ...]
   peer_threads: int
+  serve_images: int = 0
 
 
 def _int(key: str, value: Any, lo: int) -> int:
@@ -142,7 +148,8 @@ def bench_settings(config) -> BenchSettings:
       peer_modes=_names("bench.peer_modes", b.peer_modes,
                         lambda n: n in ("eager", "compile") or n.startswith("compile-"),
                         "eager, compile, compile-<torch.compile mode>"),
-      peer_threads=_int("bench.peer_threads", b.peer_threads, 0))
+      peer_threads=_int("bench.peer_threads", b.peer_threads, 0),
+      serve_images=_int("bench.serve_images", b.get("serve_images", 0), 0))
 
 
 def _variant(config, overrides: dict[str, Any]):
@@ -288,9 +295,21 @@ def sampling_chains(config, task, bs: BenchSettings) -> list[tuple[str, Any, int
   The ancestral chain runs bench.sample_steps steps (0 = all T; fewer steps
   build a task whose schedule has that many) and DDIM bench.ddim_steps
   (capped at T). Each names its sampler explicitly: the config's own sampler
-  (e.g. a 20-step solver) must not stand in for them.
+  (e.g. a 20-step solver) must not stand in for them. A distilled student
+  (`ddpm.distill`) instead times its consistency chains (DISTILLED_STEPS),
+  the teacher's 20-step SDE-DPM-Solver++(2M) and DDIM, on the same network.
   """
   num_timesteps = task.schedule.num_timesteps
+  if task.spec.distilled:   # a student: its few-step chains against the teacher's solvers
+    chains = [(f"consistency{k}", task, k, {"sampler": "consistency", "steps": k})
+              for k in DISTILLED_STEPS]
+    solver = min(DISTILLED_SOLVER_STEPS, num_timesteps - 1)
+    chains.append((f"dpmpp_2m_sde{solver}", task, solver,
+                   {"sampler": "dpmpp_2m_sde", "steps": solver}))
+    if bs.ddim_steps:
+      ddim = min(bs.ddim_steps, num_timesteps)
+      chains.append((f"ddim{ddim}", task, ddim, {"sampler": "ddim", "steps": ddim}))
+    return chains
   steps = bs.sample_steps or num_timesteps
   chain_task = task if steps == num_timesteps else tasks.build(_variant(config, {
       "diffusion.num_timesteps": steps, "sample.sampler": "ancestral", "sample.steps": 0}))
@@ -509,6 +528,58 @@ def _write(records: list[dict[str, Any]], workdir: str) -> epath.Path:
   return out / "bench.json"
 
 
+def bench_serve(config, workdir: str, bs: BenchSettings) -> list[dict[str, Any]]:
+  """POST /generate of bench.serve_images images with the config's sampler, served from
+  `workdir`'s checkpoint by the server's own app and batcher, in process (FastAPI's
+  TestClient: the route, the batcher, the PNG grid; no socket). Warm-up: every default
+  program compiled, then `bench.warmup` untimed requests; `bench.repeats` timed.
+
+  Raises:
+    ConfigError: bench.serve_images above the server's largest bucket, or no checkpoint.
+  """
+  import time
+
+  from fastapi.testclient import TestClient
+
+  from launch.serve import app as serve_app
+  if not (epath.Path(workdir) / "checkpoints").exists():
+    raise ConfigError("bench.serve_images", bs.serve_images,
+                      reason=f"serving needs a trained workdir; {workdir} holds no checkpoints/")
+  serve_config = serve_app.serve_config_for_workdir(config, workdir)
+  serve_config.warmup = "default"
+  if bs.serve_images > max(serve_config.limits.buckets):
+    raise ConfigError("bench.serve_images", bs.serve_images,
+                      reason=f"the server answers at most {max(serve_config.limits.buckets)} "
+                             "images per request (serve.limits.buckets)")
+  batcher = serve_app.build(serve_config).start()
+  try:
+    if not batcher.wait_ready(900):
+      raise RuntimeError(f"the server did not start: {batcher.error}")
+    client = TestClient(serve_app.create_app(batcher, manage=False))
+    name = next(iter(serve_config.models))
+    body = {"model": name, "num_images": bs.serve_images, "seed": 0}
+    times = []
+    for i in range(bs.warmup + bs.repeats):
+      start = time.perf_counter()
+      r = client.post("/generate", json=body)
+      elapsed = time.perf_counter() - start
+      if r.status_code != 200:
+        raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text[:200]}")
+      if i >= bs.warmup:
+        times.append(elapsed)
+  finally:
+    batcher.stop()
+  spec = batcher.models[name].task.spec
+  settings = {"task": config.task, "network": config.model.name, "num_images": bs.serve_images,
+              "sampler": spec.sampler, "steps": spec.num_steps, "response": "png grid",
+              "transport": "in-process ASGI (fastapi TestClient)"}
+  median = float(np.median(times))
+  return [timing.record("serve.generate.time", median, "s", settings, median=median,
+                        min=min(times), max=max(times), n=len(times)),
+          timing.record("serve.generate.ms_per_image", 1e3 * median / bs.serve_images, "ms",
+                        settings)]
+
+
 def bench_workdir(config, workdir: str) -> list[dict[str, Any]]:
   """`--mode bench`: runs the benchmark, prints a table, writes WORKDIR/bench.json.
 
@@ -517,6 +588,9 @@ def bench_workdir(config, workdir: str) -> list[dict[str, Any]]:
   records = run_bench(config)
   if jax.process_index() != 0:
     return records
+  bs = bench_settings(config)
+  if bs.serve_images:
+    records += bench_serve(config, workdir, bs)
   path = _write(records, workdir)
   rows = bench_peer.compare_with_peer(config, bench_settings(config), records)
   if rows:

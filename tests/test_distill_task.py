@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import helpers
+from launch import bench
 from launch import config as config_lib
 from launch import tasks
 from launch import train as train_lib
@@ -130,6 +131,26 @@ def test_the_api_serves_the_student_and_refuses_consistency_for_a_teacher(smoke_
     assert "not a sampler of this model" in r.json()["detail"]
   finally:
     b.stop()
+
+
+def test_bench_times_the_student_chains_and_the_served_grid(student):
+  config, workdir = student
+  task = tasks.build(config)
+  chains = {name: (n, options) for name, _, n, options in
+            bench.sampling_chains(config, task, bench.bench_settings(config))}
+  assert chains["consistency1"] == (1, {"sampler": "consistency", "steps": 1})
+  assert chains["consistency4"] == (4, {"sampler": "consistency", "steps": 4})
+  assert chains["dpmpp_2m_sde19"][1] == {"sampler": "dpmpp_2m_sde", "steps": 19}  # T - 1 = 19
+  records = bench.bench_serve(config, str(workdir), bench.bench_settings(config))
+  by_name = {r["name"]: r for r in records}
+  timed = by_name["serve.generate.time"]
+  assert timed["n"] == config.bench.repeats and 0 < timed["min"] <= timed["value"] <= timed["max"]
+  assert timed["settings"]["num_images"] == 4 and timed["settings"]["sampler"] == "consistency"
+  per_image = by_name["serve.generate.ms_per_image"]["value"]
+  assert per_image == pytest.approx(1e3 * timed["value"] / 4)
+  with pytest.raises(ConfigError, match="bench.serve_images=512.*at most 64"):
+    bench.bench_serve(config, str(workdir), dataclasses.replace(
+        bench.bench_settings(config), serve_images=512))
 
 
 @pytest.mark.slow  # three distillation runs (~1 min on 2 cores); .ci/run runs it

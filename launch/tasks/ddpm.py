@@ -9,7 +9,13 @@ the key) and returns a task object with typed fields:
   DenoiserTask  the one-step 50/50 denoiser ("ink blot" baseline): predicts
                 x0 from (1 - m) x0 + m eps, m = diffusion.denoise_mix.
 
-Both live in ddpm/task.py (thin adapters over `ddpm.training` and
+With distill.teacher_workdir set, a "ddpm" config builds a `DistillTask`:
+a consistency-distilled student of that trained workdir (ddpm/distill.py),
+the teacher's network and schedule (checked key by key when the teacher is
+loaded, at the start of a distillation run; restoring a student needs only
+its own checkpoint), sampled with `sampler=consistency`.
+
+They live in ddpm/task.py (thin adapters over `ddpm.training` and
 `ddpm.samplers`, as the EBM's over `ebm.cd`); this module only reads configs.
 
 Config keys read, per network (model.*): unet_ho: ch, ch_mult,
@@ -217,7 +223,8 @@ def _teacher_loader(config) -> Callable[[], Any]:
     if teacher_config.task != "ddpm" or teacher_config.distill.teacher_workdir:
       raise ConfigError("distill.teacher_workdir", path,
                         reason="the teacher must be a DDPM (task 'ddpm', not itself a student)")
-    keys = [f"model.{k}" for k in student.model] + list(_TEACHER_KEYS)
+    # model.dtype is only the compute dtype: the parameters are float32 either way.
+    keys = [f"model.{k}" for k in student.model if k != "dtype"] + list(_TEACHER_KEYS)
     for key in keys:
       section, name = key.split(".")
       mine, theirs = student[section][name], teacher_config[section][name]
