@@ -86,7 +86,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.distill.teacher_workdir = ""       # a trained DDPM workdir; "" = ordinary DDPM training
   c.distill.num_intervals = 40         # N: the grid of the teacher's DDIM steps (trailing spacing)
   c.distill.distance = "l2"            # l2 | huber (pseudo-Huber, Song & Dhariwal 2023)
-  c.distill.target = "online"          # online (stop-gradient of the student) | ema (its EMA)
+  c.distill.target = "ema"             # ema (the student's EMA) | online (stop-gradient of the student)
 
   c.ebm = ml_collections.ConfigDict()
   c.ebm.langevin_steps = 60

@@ -27,9 +27,9 @@ weights, and every DDPM sampler can still run it. Its fixed point: a student
 with f(x, tau_n) = Phi_n(x), the endpoint of the teacher's N-step DDIM
 chain started at tau_n, has zero loss for every n; as N grows Phi_n tends to
 the PF-ODE's exact endpoint (tests/test_distill.py checks both on a Gaussian
-oracle in float64). The target network is the student itself
-("online", stop-gradient; Song & Dhariwal 2023 found it better than an EMA)
-or its EMA ("ema", the original paper's theta^-).
+oracle in float64). The target network is the student's EMA ("ema", the
+original paper's theta^-) or the student itself under stop-gradient
+("online", Song & Dhariwal 2023).
 
 Sampling a consistency student is `ddpm.samplers.consistency_sample`
 (Algorithm 1, multistep): x0 = f(x_T, T-1), then for each later timestep
@@ -162,7 +162,7 @@ class DistillSettings:
   """
   num_intervals: int = 40
   distance: str = "l2"
-  target: str = "online"
+  target: str = "ema"
 
 
 def init_student(teacher_params: Any, tx: optax.GradientTransformation) -> TrainState:

@@ -4,6 +4,7 @@
 # same seed, each scored by both meters (FD-fmnist and the independent network).
 #
 #   bash scripts/distill_table.sh [TEACHER_WORKDIR] [STUDENT_WORKDIR]
+#   STUDENT_ONLY=1 bash scripts/distill_table.sh ...   # keep the teacher rows already scored
 #
 # Needs the two feature networks (docs/evaluation.md): runs/classifier_fashion_mnist
 # and runs/classifier_independent. Writes STUDENT/eval_<row>.json and prints a table.
@@ -29,12 +30,14 @@ Image.fromarray(np.squeeze(im.image_grid(x, nrow=10))).save(sys.argv[2])" "$stem
   echo "$name $stem"
 }
 
+if [ "${STUDENT_ONLY:-0}" != 1 ]; then
 row teacher_sde20 $CT "$TEACHER" --config.sample.sampler=dpmpp_2m_sde --config.sample.steps=20
 row teacher_dpmpp20 $CT "$TEACHER" --config.sample.sampler=dpmpp_2m --config.sample.steps=20
 row teacher_ddim100 $CT "$TEACHER" --config.sample.sampler=ddim --config.sample.steps=100
 row teacher_dpmpp4 $CT "$TEACHER" --config.sample.sampler=dpmpp_2m --config.sample.steps=4
 row teacher_ddim4 $CT "$TEACHER" --config.sample.sampler=ddim --config.sample.steps=4
 row teacher_ddim1 $CT "$TEACHER" --config.sample.sampler=ddim --config.sample.steps=1
+fi
 for k in 1 2 4; do
   row student_consistency$k $CS "$STUDENT" --config.distill.teacher_workdir="$TEACHER" \
       --config.sample.steps=$k

@@ -116,7 +116,7 @@ def test_the_api_serves_the_student_and_refuses_consistency_for_a_teacher(smoke_
     student_samplers = {s["name"]: s for s in models["student"]["samplers"]}
     assert models["student"]["default_sampler"] == "consistency"
     c = student_samplers["consistency"]
-    assert (c["steps_min"], c["steps_max"], c["steps_default"]) == (1, 8, 1)
+    assert (c["steps_min"], c["steps_max"], c["steps_default"]) == (1, 8, 4)
     assert "consistency" not in {s["name"] for s in models["ddpm"]["samplers"]}
     r = client.post("/generate", json={"model": "student", "num_images": 4, "steps": 4,
                                        "seed": 1, "format": "json"})
