@@ -1,4 +1,4 @@
-"""Consistency distillation of the Fashion-MNIST default into a 1-4 step sampler.
+"""Consistency distillation of the Fashion-MNIST default into a 1-8 step sampler.
 
 Takes the trained workdir of configs/ddpm_fashion_mnist.py (`make demo`'s
 model) as the teacher and trains a student of the same network, started from
@@ -8,8 +8,9 @@ network's at the end of one teacher DDIM step to tau_{n-1}, on a grid of N = 40
 timesteps. The student samples with `sampler=consistency`, 1 to 8 network
 calls (`sample.steps`; 4 by default here).
 
-Measured: see docs/distillation.md (steps vs FD vs ms/image against the
-teacher's samplers, and the grids).
+Measured (2026-12-07, 2000 steps, 14.2 min on 2 cores): 1000 samples score
+FD-fmnist 5.99 with 4 steps, 8.68 with 1 (independent network 4.53 / 7.13);
+the teacher's SDE-20 3.27 (docs/distillation.md: the table, ms/image, grids).
 
 Distil, then sample (the teacher first: `make demo`, or its train line):
   python -m launch --mode distill --config configs/distill_fashion_mnist.py --workdir runs/distill_fashion_mnist
@@ -21,7 +22,8 @@ Variants (`--config configs/distill_fashion_mnist.py:ARG`):
   conditional  the student of configs/ddpm_fashion_mnist.py:conditional
                (teacher runs/ddpm_fashion_mnist_conditional).
   smoke        seconds, for tests: the student of the :smoke DDPM in
-               /tmp/ddpm_fashion_mnist.
+               /tmp/ddpm_fashion_mnist:
+                 python -m launch --mode distill --config configs/distill_fashion_mnist.py:smoke --workdir /tmp/distill_fashion_mnist
 """
 from configs import base
 from configs import ddpm_fashion_mnist

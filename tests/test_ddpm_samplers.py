@@ -244,7 +244,8 @@ def test_spec_is_a_pytree_whose_leaves_are_eta_and_guidance():
 
 def test_every_registered_sampler_has_a_valid_rule():
   for name, rule in samplers.SAMPLERS.items():
-    spec = samplers.SamplingSpec(sampler=name, num_timesteps=10).validate()
+    spec = samplers.SamplingSpec(sampler=name, num_timesteps=10,
+                                 distilled=rule.needs_distilled).validate()
     assert spec.rule is rule and callable(rule.run)
     if rule.timesteps is not None:
       seq = rule.timesteps(10, 4, "uniform")
