@@ -30,6 +30,6 @@ start=$(date +%s)
 $PY -m launch --mode bench --config $CIFAR --workdir "$OUT/cifar10" $SIZES $REPEATS \
     --config.bench.dtypes=float32,bfloat16 --config.bench.ddim_steps=0 > "$OUT/cifar10.txt"
 $PY -m launch --mode bench --config $RELEASED --workdir "$OUT/released256" $BIG $REPEATS \
-    --config.bench.dtypes=bfloat16 --config.bench.sample_batch=1 --config.bench.sample_steps=1 \
+    --config.bench.dtypes=bfloat16 --config.bench.sample_batch=2 --config.bench.sample_steps=1 \
     --config.bench.ddim_steps=0 > "$OUT/released256.txt"
 $PY -m launch.bench_summary "$OUT" --wall_s $(( $(date +%s) - start ))
