@@ -48,6 +48,7 @@ import optax
 
 from core.train_state import TrainState
 from ddpm import objectives
+from ddpm import samplers
 from ddpm import training
 from ddpm.schedules import Schedule
 
@@ -61,18 +62,15 @@ EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t, t [B]) -> eps_hat
 def consistency_grid(num_timesteps: int, num_intervals: int) -> np.ndarray:
   """The N = num_intervals increasing int32 timesteps tau_0 < ... < tau_{N-1} = T - 1.
 
-  "Trailing" spacing: tau_n = T - 1 - (N - 1 - n) * T / N (rounded), so the
-  grid holds T - 1 and, for N a multiple of k, the k timesteps the k-step
-  consistency sampler visits. 0-based (tau = 0 is the paper's t = 1).
+  `ddpm.samplers.trailing_timesteps`: tau_n = T - 1 - (N - 1 - n) * T / N
+  (rounded), so the grid holds T - 1 and, for N a multiple of k, the k
+  timesteps the k-step consistency sampler visits. 0-based (tau = 0 is the
+  paper's t = 1).
   """
-  if not 1 <= num_intervals <= num_timesteps:
-    raise ValueError(f"num_intervals must be in [1, T={num_timesteps}], got {num_intervals}")
-  stride = num_timesteps / num_intervals
-  grid = np.round(num_timesteps - 1 - stride * np.arange(num_intervals)[::-1]).astype(np.int64)
-  grid = np.maximum(grid, 0).astype(np.int32)
-  if np.any(np.diff(grid) <= 0):
-    raise ValueError(f"{num_intervals} intervals do not fit T={num_timesteps}")
-  return grid
+  try:
+    return samplers.trailing_timesteps(num_timesteps, num_intervals)
+  except ValueError as e:
+    raise ValueError(f"num_intervals {e}") from None
 
 
 def _bcast(a: jax.Array, ndim: int) -> jax.Array:

@@ -637,17 +637,29 @@ def heun_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Arra
 CONSISTENCY_MAX_STEPS = 8
 
 
-def consistency_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """The increasing int32 [S] timesteps of the S-step consistency sampler ("trailing").
+def trailing_timesteps(num_timesteps: int, num: int) -> np.ndarray:
+  """`num` increasing int32 timesteps with "trailing" spacing, the last T - 1.
 
-  tau_i = T - 1 - i T / S for i = 0..S-1 (rounded): 1 step visits T - 1; 2
-  steps T - 1 and T/2 - 1; 4 steps (T = 1000) 999, 749, 499, 249. 0-based.
+  tau_i = T - 1 - (num - 1 - i) T / num (rounded), 0-based: the grid of
+  `ddpm.distill` and the timesteps of the consistency sampler. Raises
+  ValueError when they are not distinct (num > T).
+  """
+  if not 1 <= num <= num_timesteps:
+    raise ValueError(f"must be in [1, T={num_timesteps}], got {num}")
+  ts = np.round(num_timesteps - 1 - np.arange(num)[::-1] * num_timesteps / num)
+  return np.maximum(ts, 0).astype(np.int32)
+
+
+def consistency_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """The increasing int32 [S] timesteps of the S-step consistency sampler (`trailing_timesteps`):
+
+  1 step visits T - 1; 2 steps T - 1 and T/2 - 1; 4 steps (T = 1000) 999,
+  749, 499, 249. 0-based.
   """
   if not 1 <= num_steps <= min(CONSISTENCY_MAX_STEPS, num_timesteps):
     raise ValueError(f"the consistency sampler takes 1 to "
                      f"{min(CONSISTENCY_MAX_STEPS, num_timesteps)} steps, got {num_steps}")
-  ts = np.round(num_timesteps - 1 - np.arange(num_steps) * num_timesteps / num_steps)
-  return ts.astype(np.int32)[::-1].copy()
+  return trailing_timesteps(num_timesteps, num_steps)
 
 
 def consistency_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, key: jax.Array, *,

@@ -252,9 +252,8 @@ class DistillTask(DDPMTask):
 
   def abstract_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """The shapes of `init_state` without loading the teacher (restoring a student)."""
-    def shapes(key, batch):
-      return distill_lib.init_student(super(DistillTask, self).init_state(key, batch).params,
-                                      self.tx)
+    def shapes(key, batch):   # the teacher's network initialised afresh: the same shapes
+      return distill_lib.init_student(DDPMTask.init_state(self, key, batch).params, self.tx)
     return jax.eval_shape(shapes, key, batch)
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],

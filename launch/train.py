@@ -305,8 +305,8 @@ def distill_and_evaluate(config, workdir: str, task=None) -> Any:
   names the teacher, so a distillation is never run as plain training.
   """
   from launch.config_errors import ConfigError
-  if config.task != "ddpm" or not config.distill.get("teacher_workdir", ""):
-    raise ConfigError("distill.teacher_workdir", config.distill.get("teacher_workdir", ""),
+  if config.task != "ddpm" or not config.distill.teacher_workdir:
+    raise ConfigError("distill.teacher_workdir", config.distill.teacher_workdir,
                       reason="--mode distill needs a trained DDPM workdir to distil (e.g. "
                              "configs/distill_fashion_mnist.py)")
   task = config_lib.validate(config) if task is None else task

@@ -185,11 +185,8 @@ def _validate_distill(config) -> bool:
     raise ConfigError("distill.teacher_workdir", dc.teacher_workdir, reason="must be a path")
   if not dc.teacher_workdir:
     return False
+  # Any N in [1, T] gives distinct grid timesteps (ddpm.distill.consistency_grid).
   check_int("distill.num_intervals", dc.num_intervals, 1, config.diffusion.num_timesteps)
-  try:
-    distill_lib.consistency_grid(config.diffusion.num_timesteps, dc.num_intervals)
-  except ValueError as e:
-    raise ConfigError("distill.num_intervals", dc.num_intervals, reason=str(e)) from None
   check_choice("distill.distance", dc.distance, distill_lib.DISTANCES)
   check_choice("distill.target", dc.target, distill_lib.TARGETS)
   return True
@@ -209,7 +206,6 @@ def _teacher_loader(config) -> Callable[[], Any]:
   key where the teacher's config and the student's differ.
   """
   path = config.distill.teacher_workdir
-  student = config
 
   @functools.cache
   def load():
@@ -224,10 +220,10 @@ def _teacher_loader(config) -> Callable[[], Any]:
       raise ConfigError("distill.teacher_workdir", path,
                         reason="the teacher must be a DDPM (task 'ddpm', not itself a student)")
     # model.dtype is only the compute dtype: the parameters are float32 either way.
-    keys = [f"model.{k}" for k in student.model if k != "dtype"] + list(_TEACHER_KEYS)
+    keys = [f"model.{k}" for k in config.model if k != "dtype"] + list(_TEACHER_KEYS)
     for key in keys:
       section, name = key.split(".")
-      mine, theirs = student[section][name], teacher_config[section][name]
+      mine, theirs = config[section][name], teacher_config[section][name]
       if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != \
          (tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
         raise ConfigError(key, mine, reason=f"the teacher {path} has {theirs!r}; a student "
@@ -245,7 +241,7 @@ def _teacher_loader(config) -> Callable[[], Any]:
 
 
 def build(config) -> task_lib.Task:
-  """Validates `config` and builds its DDPMTask or DenoiserTask."""
+  """Validates `config` and builds its DDPMTask, DistillTask or DenoiserTask."""
   spec = validate(config)
   o = config.optim
   conditional = bool(config.model.conditional)
