@@ -87,6 +87,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.distill.num_intervals = 40         # N: the grid of the teacher's DDIM steps (trailing spacing)
   c.distill.distance = "l2"            # l2 | huber (pseudo-Huber, Song & Dhariwal 2023)
   c.distill.target = "ema"             # ema (the student's EMA) | online (stop-gradient of the student)
+  c.distill.solver = "ddim"            # the teacher's ODE step: ddim (Euler, 1 call) | heun (2 calls)
 
   c.ebm = ml_collections.ConfigDict()
   c.ebm.langevin_steps = 60

@@ -63,6 +63,10 @@ def server(c: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigD
   # options, seed, index), never on the bucket or the batch (launch/serve/programs.py).
   c.limits.buckets = (4, 16, 64)       # multiples of chunk; the largest: images per request
   c.limits.chunk = 4                   # images computed together (0: the smallest bucket)
+  # A batch of several chunks is split across this many of the process's devices
+  # (0: all; a batch of fewer chunks than devices runs on one): the same chunk
+  # computation on each, so the images are the same bytes as on one device.
+  c.limits.devices = 0
   c.limits.max_langevin_steps = 1024   # EBM chain length (DDPM: at most its T)
   # The chain lengths a request may ask for besides a sampler's default: each
   # compiles one program, so a client can cause at most len + 1 per sampler.

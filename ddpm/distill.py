@@ -16,6 +16,10 @@ Algorithm 2, consistency distillation, in the DDPM's discrete VP setting):
                x_lo = sqrt(a_lo) x0_T + sqrt(1 - a_lo) eps_T,
                x0_T = (x_hi - sqrt(1 - a_n) eps_T) / sqrt(a_n);
              for n = 0 the step ends at the clean end: x_lo = x0_T.
+             Or ("heun", the paper's choice) Heun's second-order step: the
+             same formula with eps_T replaced by the mean of eps_T(x_hi, tau_n)
+             and eps_T(x_lo_ddim, tau_{n-1}) (two teacher calls); for n = 0
+             the DDIM step, as in Karras et al. 2022's last step.
   target     f_target(x_lo, tau_{n-1}) for n > 0, and x_lo itself for n = 0:
              the boundary condition f(x, clean) = x holds exactly.
   loss       d(f_student(x_hi, tau_n), stop_gradient(target)), d = squared
@@ -54,6 +58,7 @@ from ddpm.schedules import Schedule
 
 DISTANCES = ("l2", "huber")
 TARGETS = ("online", "ema")
+SOLVERS = ("ddim", "heun")
 
 X0Fn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t, t [B]) -> x0_hat
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t, t [B]) -> eps_hat
@@ -87,9 +92,27 @@ def ddim_step(x: jax.Array, eps: jax.Array, a_hi: jax.Array, a_lo: jax.Array) ->
   return jnp.sqrt(a_lo) * x0 + jnp.sqrt(1.0 - a_lo) * eps
 
 
+def teacher_step(teacher_eps: EpsFn, x_hi: jax.Array, t_hi: jax.Array, t_lo: jax.Array,
+                 a_hi: jax.Array, a_lo: jax.Array, solver: str = "ddim") -> jax.Array:
+  """The teacher's PF-ODE step of x_hi from t_hi to t_lo: DDIM (Euler) or Heun.
+
+  a_hi, a_lo: [B] alpha_bar at the two ends (a_lo = 1: the clean end, where
+  Heun falls back to the DDIM step: the eps of a clean image is undefined).
+  """
+  eps_hi = teacher_eps(x_hi, t_hi)
+  x_lo = ddim_step(x_hi, eps_hi, a_hi, a_lo)
+  if solver == "ddim":
+    return x_lo
+  if solver != "heun":
+    raise ValueError(f"unknown solver {solver!r} (allowed: {', '.join(SOLVERS)})")
+  x_heun = ddim_step(x_hi, 0.5 * (eps_hi + teacher_eps(x_lo, t_lo)), a_hi, a_lo)
+  return jnp.where(_bcast(a_lo < 1.0, x_hi.ndim), x_heun, x_lo)
+
+
 def consistency_target(teacher_eps: EpsFn, target_x0: X0Fn, alpha_bars: jax.Array,
-                       grid: jax.Array, x_hi: jax.Array, n: jax.Array) -> jax.Array:
-  """The target of interval n: f_target(teacher DDIM step of x_hi from tau_n to tau_{n-1}).
+                       grid: jax.Array, x_hi: jax.Array, n: jax.Array,
+                       solver: str = "ddim") -> jax.Array:
+  """The target of interval n: f_target(teacher step of x_hi from tau_n to tau_{n-1}).
 
   Args:
     teacher_eps: the teacher's (x_t, t [B]) -> eps_hat.
@@ -98,6 +121,7 @@ def consistency_target(teacher_eps: EpsFn, target_x0: X0Fn, alpha_bars: jax.Arra
     grid: [N] int32 timesteps (`consistency_grid`).
     x_hi: [B, ...] points at tau_n.
     n: [B] int32 interval indices in [0, N).
+    solver: the teacher's step, one of `SOLVERS`.
 
   Returns:
     [B, ...] targets (not yet stop-gradient'ed).
@@ -106,7 +130,7 @@ def consistency_target(teacher_eps: EpsFn, target_x0: X0Fn, alpha_bars: jax.Arra
   t_lo = grid[jnp.maximum(n - 1, 0)]
   a_hi = alpha_bars[t_hi]
   a_lo = jnp.where(n > 0, alpha_bars[t_lo], jnp.ones_like(a_hi))
-  x_lo = ddim_step(x_hi, teacher_eps(x_hi, t_hi), a_hi, a_lo)
+  x_lo = teacher_step(teacher_eps, x_hi, t_hi, t_lo, a_hi, a_lo, solver)
   f_lo = target_x0(x_lo, t_lo)
   return jnp.where(_bcast(n > 0, x_hi.ndim), f_lo, x_lo)
 
@@ -128,7 +152,7 @@ def distance(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
 
 def consistency_loss(student_x0: X0Fn, teacher_eps: EpsFn, target_x0: X0Fn,
                      alpha_bars: jax.Array, grid: jax.Array, x0: jax.Array, noise: jax.Array,
-                     n: jax.Array, kind: str = "l2") -> jax.Array:
+                     n: jax.Array, kind: str = "l2", solver: str = "ddim") -> jax.Array:
   """The consistency-distillation loss of a batch (mean over examples).
 
   Args:
@@ -137,12 +161,13 @@ def consistency_loss(student_x0: X0Fn, teacher_eps: EpsFn, target_x0: X0Fn,
     x0: [B, ...] data.
     noise: [B, ...] standard normal.
     kind: the distance, one of `DISTANCES`.
+    solver: the teacher's step, one of `SOLVERS`.
   """
   t_hi = grid[n]
   a = _bcast(alpha_bars[t_hi], x0.ndim)
   x_hi = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
   target = jax.lax.stop_gradient(
-      consistency_target(teacher_eps, target_x0, alpha_bars, grid, x_hi, n))
+      consistency_target(teacher_eps, target_x0, alpha_bars, grid, x_hi, n, solver))
   return jnp.mean(distance(student_x0(x_hi, t_hi), target, kind))
 
 
@@ -157,10 +182,12 @@ class DistillSettings:
     num_intervals: N, the grid's length.
     distance: one of `DISTANCES`.
     target: "online" (stop-gradient of the student) or "ema" (its EMA).
+    solver: the teacher's ODE step, one of `SOLVERS`.
   """
   num_intervals: int = 40
   distance: str = "l2"
   target: str = "ema"
+  solver: str = "ddim"
 
 
 def init_student(teacher_params: Any, tx: optax.GradientTransformation) -> TrainState:
@@ -205,6 +232,6 @@ def distill_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
 
   def loss_fn(params):
     return consistency_loss(x0_fn(params, True), teacher_eps, target_x0, alpha_bars, grid,
-                            x0, noise, n, distill.distance)
+                            x0, noise, n, distill.distance, distill.solver)
 
   return training.update(state, loss_fn, tx=tx, settings=settings)

@@ -77,6 +77,9 @@ def test_bad_teachers_and_keys_are_named(smoke_workdir, tmp_path):
     tasks.build(_config(teacher, **{"distill.num_intervals": 21}))
   with pytest.raises(ConfigError, match="distill.target"):
     tasks.build(_config(teacher, **{"distill.target": "teacher"}))
+  with pytest.raises(ConfigError, match=r"distill.solver='rk4' is invalid.*'ddim', 'heun'"):
+    tasks.build(_config(teacher, **{"distill.solver": "rk4"}))
+  assert tasks.build(_config(teacher, **{"distill.solver": "heun"})).distill.solver == "heun"
   with pytest.raises(ConfigError, match="--mode distill needs a trained DDPM workdir"):
     train_lib.distill_and_evaluate(config_lib.load(helpers.SMOKE["ddpm"]), str(tmp_path / "w"))
   # The bad teacher stops --mode distill before anything is written.

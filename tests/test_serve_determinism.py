@@ -141,3 +141,22 @@ def test_ddpm_with_random_weights_image_bytes_do_not_depend_on_bucket_or_batch(r
 def test_ebm_image_bytes_do_not_depend_on_bucket_or_batch(ebm):
   assert _check_batch_independence(ebm, {"steps": 4, "step_size": 3.0}, seed_base=0,
                                    num_seeds=48) >= 800
+
+
+def test_a_batch_split_across_devices_is_the_same_bytes_as_on_one_device(ebm, smoke_workdir):
+  """Bucket 16 (4 chunks) runs on both CPU devices (tests/conftest.py makes 2), bucket 4 on
+  one; limits.devices = 1 keeps every bucket on one device, with the same bytes."""
+  assert len(ebm.devices) == 2 and ebm.split(16) == 2 and ebm.split(4) == 1
+  one = serve_models.load_model(
+      "ebm", serve_configs.model(SMOKE["ebm"], str(smoke_workdir("ebm"))),
+      serve_schema.Limits.from_config(ml_collections.ConfigDict(
+          {"buckets": BUCKETS, "chunk": 4, "devices": 1})))
+  assert len(one.devices) == 1 and one.split(16) == 1
+  batcher = serve_queue.Batcher({"ebm": ebm}, _limits(), warmup="none")
+  options = serve_schema.Options(num_images=16, seed=7, steps=4, step_size=3.0)
+  (split,) = _run(batcher, [_job(ebm, options)])
+  (alone,) = _run(batcher, [_job(one, options)])
+  assert len(ebm.program(ebm.plan(options).static, 16).output_shardings.device_set) == 2
+  np.testing.assert_array_equal(split, alone)
+  with pytest.raises(Exception, match="limits.devices"):
+    serve_schema.Limits.from_config(ml_collections.ConfigDict({"devices": -1}))

@@ -50,7 +50,8 @@ def _chunked(sample_one: Callable, chunk: int) -> Callable:
 
 
 class ServedModel:
-  """A trained model, its parameters on one device, and its compiled programs.
+  """A trained model, its parameters (on one device; replicated on `devices` for the
+  programs that split a batch across them), and its compiled programs.
 
   `plan` is called from any thread; `run`, `program` and `warm` only from the
   server's worker thread (they are not meant to run concurrently).
@@ -73,6 +74,10 @@ class ServedModel:
     self.use_ema = use_ema
     self.workdir = workdir
     self.limits = limits
+    devices = jax.local_devices()
+    self.devices = devices[:limits.devices] if limits.devices else devices
+    self._mesh = jax.sharding.Mesh(np.array(self.devices), ("serve",))
+    self._replicated = None   # (params, params on every device of the mesh), made on first use
     self._programs: collections.OrderedDict = collections.OrderedDict()
     self._pinned: set = set()
     self._lock = threading.Lock()
@@ -142,9 +147,23 @@ class ServedModel:
       return ()
     return x, np.asarray(labels[:n], np.int32)
 
+  def split(self, bucket: int) -> int:
+    """How many devices compute a batch of `bucket` places: all of `self.devices` when the
+    bucket's chunks divide evenly among them, else one."""
+    n = len(self.devices)
+    return n if n > 1 and (bucket // self.limits.chunk) % n == 0 else 1
+
+  def _params_for(self, bucket: int):
+    if self.split(bucket) == 1:
+      return self.params
+    if self._replicated is None or self._replicated[0] is not self.params:
+      self._replicated = (self.params, jax.device_put(
+          self.params, jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())))
+    return self._replicated[1]
+
   def _example_inputs(self, static: tuple, bucket: int):
-    return (self.params, np.zeros((bucket,), np.uint32), np.zeros((bucket,), np.int32),
-            self.sampling.extras_like(static, bucket))
+    return (self._params_for(bucket), np.zeros((bucket,), np.uint32),
+            np.zeros((bucket,), np.int32), self.sampling.extras_like(static, bucket))
 
   def program(self, static: tuple, bucket: int, pin: bool = False):
     """The compiled program of (static, bucket), compiling it if needed."""
@@ -156,7 +175,12 @@ class ServedModel:
         if pin:
           self._pinned.add(key)
         return compiled
-    fn = jax.jit(_chunked(self.sampling.sample_one(static), self.limits.chunk))
+    fn = _chunked(self.sampling.sample_one(static), self.limits.chunk)
+    if self.split(bucket) > 1:   # each device runs the same chunk loop on its share
+      spec = jax.sharding.PartitionSpec("serve")
+      fn = jax.shard_map(fn, mesh=self._mesh, in_specs=(jax.sharding.PartitionSpec(), spec,
+                                                        spec, spec), out_specs=spec)
+    fn = jax.jit(fn)
     compiled = fn.lower(*self._example_inputs(static, bucket)).compile()
     with self._lock:
       self.compiles += 1
@@ -176,7 +200,7 @@ class ServedModel:
   def run(self, static: tuple, bucket: int, seeds: np.ndarray, index: np.ndarray,
           extras: Mapping[str, np.ndarray]) -> np.ndarray:
     """float32 [bucket, *output_shape(static)]: images in [-1, 1] (or energies) on the host."""
-    out = self.program(static, bucket)(self.params, seeds, index, dict(extras))
+    out = self.program(static, bucket)(self._params_for(bucket), seeds, index, dict(extras))
     return np.asarray(jax.device_get(out))
 
   def warm(self, which: str, buckets: tuple[int, ...]) -> int:

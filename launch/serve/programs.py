@@ -32,6 +32,14 @@ call of the smoke DDPM (medians of 7): 290 ms at c = 4 (the default), 274 ms
 as one vmap of 16 (c = 16), 397 ms at c = 1. A GPU wants c = the largest
 bucket, every call padded to it.
 
+Devices. A process with several local devices (the CPU split into 2, or
+several GPUs) splits a bucket of k chunks across its n devices
+(`limits.devices`, 0 = all) when n divides k: a `shard_map` of the same
+chunk loop, params replicated, each device computing k / n chunks; a bucket
+of fewer chunks runs on one device. Each chunk is the same computation on
+whichever device, so the bytes do not change (the determinism test runs with
+2 CPU devices).
+
 Compile count: per model, one program per (static part, bucket); static parts
 are (DDPM) sampler x steps x guidance on/off, (EBM) operation (generate,
 inpaint, denoise; energy has one) x Langevin steps x, for a class-conditional

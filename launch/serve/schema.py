@@ -46,6 +46,7 @@ class Limits:
   buckets: tuple[int, ...] = (4, 16, 64)
   step_choices: tuple[int, ...] = STEP_CHOICES
   chunk: int = 0
+  devices: int = 0
   max_langevin_steps: int = 1024
   max_step_size: float = 100.0
   max_guidance: float = 20.0
@@ -120,7 +121,7 @@ class Limits:
       raise ConfigError("limits.step_choices", values.get("step_choices"),
                         reason="must be at most 64 increasing integers >= 1")
     values["step_choices"] = choices
-    for key, lo in (("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
+    for key, lo in (("devices", 0), ("max_langevin_steps", 1), ("queue_size", 1), ("max_body_bytes", 256),
                     ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
                     ("max_header_bytes", 1024), ("max_upload_bytes", 1024),
                     ("max_image_pixels", 1), ("max_examples", 0)):

@@ -189,6 +189,7 @@ def _validate_distill(config) -> bool:
   check_int("distill.num_intervals", dc.num_intervals, 1, config.diffusion.num_timesteps)
   check_choice("distill.distance", dc.distance, distill_lib.DISTANCES)
   check_choice("distill.target", dc.target, distill_lib.TARGETS)
+  check_choice("distill.solver", dc.solver, distill_lib.SOLVERS)
   return True
 
 
@@ -270,7 +271,8 @@ def build(config) -> task_lib.Task:
         schedule=schedule, objective=d.objective, min_snr_gamma=float(d.min_snr_gamma),
         teacher_params=_teacher_loader(config),
         distill=distill_lib.DistillSettings(num_intervals=int(dc.num_intervals),
-                                            distance=dc.distance, target=dc.target),
+                                            distance=dc.distance, target=dc.target,
+                                            solver=dc.solver),
         **common)
   return task_lib.DDPMTask(schedule=schedule, objective=d.objective,
                   min_snr_gamma=float(d.min_snr_gamma), **common)
