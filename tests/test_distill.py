@@ -38,33 +38,33 @@ def _sigma(a):
   return np.sqrt((1.0 - a) / a)
 
 
-def _ddim_chain_coefs(ab: np.ndarray, grid: np.ndarray) -> np.ndarray:
-  """c_n with Phi_n(x) = MU + (x / sqrt(a_n) - MU) c_n: the teacher's DDIM chain
-  from tau_n to the clean end (NumPy, float64)."""
-  sig = _sigma(ab[grid])
-  coefs, c = [], 1.0
-  for n in range(len(grid)):
-    lo = sig[n - 1] if n else 0.0
-    c *= 1.0 - (sig[n] - lo) * sig[n] / (S * S + sig[n] ** 2)
-    coefs.append(c)
-  return np.asarray(coefs)
-
-
-def _heun_chain_coefs(ab: np.ndarray, grid: np.ndarray) -> np.ndarray:
-  """As `_ddim_chain_coefs` for the teacher's Heun steps: with y = xbar - MU the eps is
-  sigma y / (S^2 + sigma^2), so one Heun step multiplies y by
-  1 - (s_hi - s_lo) / 2 (s_hi / (S^2 + s_hi^2) + g s_lo / (S^2 + s_lo^2)), g the
-  DDIM factor; the step to the clean end is the DDIM step."""
+def _chain_coefs(ab: np.ndarray, grid: np.ndarray, solver: str = "ddim") -> np.ndarray:
+  """c_n with Phi_n(x) = MU + (x / sqrt(a_n) - MU) c_n: the teacher's chain from tau_n to
+  the clean end (NumPy, float64). With y = xbar - MU the eps is sigma y / (S^2 + sigma^2),
+  so a DDIM step multiplies y by g = 1 - (s_hi - s_lo) s_hi / (S^2 + s_hi^2) and a Heun
+  step by 1 - (s_hi - s_lo) / 2 (s_hi / (S^2 + s_hi^2) + g s_lo / (S^2 + s_lo^2)); the
+  step to the clean end is the DDIM step either way."""
   sig = _sigma(ab[grid])
   coefs, c = [], 1.0
   for n in range(len(grid)):
     hi, lo = sig[n], (sig[n - 1] if n else 0.0)
     g = 1.0 - (hi - lo) * hi / (S * S + hi ** 2)
-    if n:
+    if solver == "heun" and n:
       g = 1.0 - 0.5 * (hi - lo) * (hi / (S * S + hi ** 2) + g * lo / (S * S + lo ** 2))
     c *= g
     coefs.append(c)
   return np.asarray(coefs)
+
+
+def _fixed_point(ab, grid, coefs):
+  """(f, args): the linear student with the chain's coefficients on the grid, and the
+  arguments of `consistency_loss` after the student for a batch of `_batch()`."""
+  coef_by_t = np.full(T, np.nan)
+  coef_by_t[grid] = coefs
+  f = _linear_x0(ab, coef_by_t)
+  x0, noise, n = _batch()
+  return f, (_oracle_eps(ab), f, jnp.asarray(ab), jnp.asarray(grid), jnp.asarray(x0),
+             jnp.asarray(noise), jnp.asarray(n))
 
 
 def _oracle_eps(ab):
@@ -109,14 +109,10 @@ def test_grid_is_trailing_and_holds_the_sampler_timesteps():
 def test_the_composed_teacher_chain_is_the_fixed_point_of_the_loss():
   ab = _alpha_bars()
   grid = distill.consistency_grid(T, 40)
-  coefs = _ddim_chain_coefs(ab, grid)
-  coef_by_t = np.full(T, np.nan)
-  coef_by_t[grid] = coefs
+  coefs = _chain_coefs(ab, grid)
   x0, noise, n = _batch()
   with jax.enable_x64(True):
-    f = _linear_x0(ab, coef_by_t)
-    args = (_oracle_eps(ab), f, jnp.asarray(ab), jnp.asarray(grid), jnp.asarray(x0),
-            jnp.asarray(noise), jnp.asarray(n))
+    f, args = _fixed_point(ab, grid, coefs)
     loss = distill.consistency_loss(f, *args)
     assert loss.dtype == jnp.float64
     assert float(loss) < 1e-26
@@ -129,9 +125,9 @@ def test_the_composed_teacher_chain_is_the_fixed_point_of_the_loss():
     np.testing.assert_allclose(np.asarray(target), expect, rtol=1e-12, atol=1e-12)
     # Off the fixed point the loss is not zero, at the boundary interval too.
     for bad in (0, 20):
-      wrong = coef_by_t.copy()
-      wrong[grid[bad]] *= 1.01
-      g = _linear_x0(ab, wrong)
+      wrong = coefs.copy()
+      wrong[bad] *= 1.01
+      g, _ = _fixed_point(ab, grid, wrong)
       assert float(distill.consistency_loss(g, args[0], g, *args[2:])) > 1e-9
     # Pseudo-Huber has the same fixed point.
     assert float(distill.consistency_loss(f, *args, kind="huber")) < 1e-12
@@ -144,7 +140,7 @@ def test_the_fixed_point_tends_to_the_probability_flow_ode_endpoint():
   errors = []
   for num in (10, 40, 1000):
     grid = distill.consistency_grid(T, num)
-    errors.append(abs(_ddim_chain_coefs(ab, grid)[-1] / exact_top - 1.0))
+    errors.append(abs(_chain_coefs(ab, grid)[-1] / exact_top - 1.0))
   assert errors[0] > errors[1] > errors[2]
   assert errors[2] < 0.02, errors
   # The exact ODE endpoint as student: its loss is only the DDIM step's local
@@ -165,19 +161,13 @@ def test_the_fixed_point_tends_to_the_probability_flow_ode_endpoint():
 def test_the_heun_teacher_chain_is_the_fixed_point_and_nearer_the_ode():
   ab = _alpha_bars()
   grid = distill.consistency_grid(T, 40)
-  coefs = _heun_chain_coefs(ab, grid)
-  coef_by_t = np.full(T, np.nan)
-  coef_by_t[grid] = coefs
+  coefs = _chain_coefs(ab, grid, "heun")
   x0, noise, n = _batch()
   with jax.enable_x64(True):
-    f = _linear_x0(ab, coef_by_t)
-    args = (_oracle_eps(ab), f, jnp.asarray(ab), jnp.asarray(grid), jnp.asarray(x0),
-            jnp.asarray(noise), jnp.asarray(n))
+    f, args = _fixed_point(ab, grid, coefs)
     assert float(distill.consistency_loss(f, *args, solver="heun")) < 1e-26
     # The DDIM chain is not the Heun loss's fixed point (and vice versa).
-    ddim_by_t = np.full(T, np.nan)
-    ddim_by_t[grid] = _ddim_chain_coefs(ab, grid)
-    g = _linear_x0(ab, ddim_by_t)
+    g, _ = _fixed_point(ab, grid, _chain_coefs(ab, grid))
     assert float(distill.consistency_loss(g, args[0], g, *args[2:], solver="heun")) > 1e-9
     assert float(distill.consistency_loss(f, *args, solver="ddim")) > 1e-9
     a = ab[grid[n]][:, None]
@@ -189,9 +179,9 @@ def test_the_heun_teacher_chain_is_the_fixed_point_and_nearer_the_ode():
   # Second order: the fixed point's map from x_T is far nearer the ODE's endpoint
   # (N = 40: 1.2% against DDIM's 7.1%) and its error falls faster with N.
   exact_top = S / np.sqrt(S * S + _sigma(ab[T - 1]) ** 2)
-  err = {(kind, num): abs(fn(ab, distill.consistency_grid(T, num))[-1] / exact_top - 1.0)
-         for kind, fn in (("ddim", _ddim_chain_coefs), ("heun", _heun_chain_coefs))
-         for num in (10, 40)}
+  err = {(kind, num): abs(_chain_coefs(ab, distill.consistency_grid(T, num), kind)[-1]
+                          / exact_top - 1.0)
+         for kind in ("ddim", "heun") for num in (10, 40)}
   assert err["heun", 40] < 0.02 and err["heun", 40] < err["ddim", 40] / 4, err
   assert err["heun", 10] / err["heun", 40] > 8 > err["ddim", 10] / err["ddim", 40], err
   with pytest.raises(ValueError, match="unknown solver 'rk4'"):

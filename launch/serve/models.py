@@ -77,7 +77,6 @@ class ServedModel:
     devices = jax.local_devices()
     self.devices = devices[:limits.devices] if limits.devices else devices
     self._mesh = jax.sharding.Mesh(np.array(self.devices), ("serve",))
-    self._replicated = None   # (params, params on every device of the mesh), made on first use
     self._programs: collections.OrderedDict = collections.OrderedDict()
     self._pinned: set = set()
     self._lock = threading.Lock()
@@ -147,6 +146,15 @@ class ServedModel:
       return ()
     return x, np.asarray(labels[:n], np.int32)
 
+  @property
+  def params(self):
+    return self._params
+
+  @params.setter
+  def params(self, value) -> None:
+    self._params = value
+    self._replicated = None
+
   def split(self, bucket: int) -> int:
     """How many devices compute a batch of `bucket` places: all of `self.devices` when the
     bucket's chunks divide evenly among them, else one."""
@@ -156,10 +164,10 @@ class ServedModel:
   def _params_for(self, bucket: int):
     if self.split(bucket) == 1:
       return self.params
-    if self._replicated is None or self._replicated[0] is not self.params:
-      self._replicated = (self.params, jax.device_put(
-          self.params, jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())))
-    return self._replicated[1]
+    if self._replicated is None:
+      self._replicated = jax.device_put(
+          self.params, jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec()))
+    return self._replicated
 
   def _example_inputs(self, static: tuple, bucket: int):
     return (self._params_for(bucket), np.zeros((bucket,), np.uint32),
