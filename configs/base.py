@@ -128,6 +128,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 1.0              # global-norm clip; 0 = off
   c.optim.ema_decay = 0.9999
   c.optim.ema_warmup = True            # decay_t = min(decay, (1 + t) / (10 + t))
+  c.optim.power_ema_stds = ()          # post-hoc EMA: sigma_rel of the power-function EMAs to
+                                       # track, e.g. (0.05, 0.10) (launch/posthoc_ema.py)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 10_000
@@ -140,6 +142,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.train.sample_every = 0             # 0 = only at the end
   c.train.num_samples = 64
   c.train.steps_per_dispatch = 1       # >1: that many train steps in one compiled scan
+  c.train.ema_snapshot_every = 0       # >0: save the power EMAs every that many steps
   c.train.time_budget_s = 0.0          # >0: stop (and save) after this much wall time of the
                                        # loop in this invocation (equal-CPU-time comparisons)
 
@@ -162,6 +165,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.sample.guidance = 1.0
   c.sample.batch_size = 256
   c.sample.use_ema = True
+  c.sample.ema_sigma_rel = 0.0         # >0: sample with the post-hoc EMA of that width (needs snapshots)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 1000

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from core import posthoc_ema
 from core.train_state import TrainState
 from ddpm import distill as distill_lib
 from ddpm import objectives
@@ -89,6 +90,8 @@ class Task:
     ema_decay, ema_warmup: see `core.train_state.ema_decay_at`.
     spec: the sampling spec (validated; the denoiser uses only its label rule).
     use_ema: sample with the EMA parameters (else the trained ones).
+    power_ema_stds: sigma_rel of the power-function EMAs tracked for post-hoc
+      reconstruction (`core.posthoc_ema`; the paper's (0.05, 0.10)), () = none.
   """
   network: nn.Module
   image_shape: tuple[int, int, int]
@@ -101,17 +104,29 @@ class Task:
   ema_warmup: bool
   spec: samplers.SamplingSpec
   use_ema: bool = True
+  power_ema_stds: tuple[float, ...] = ()
 
   def init_state(self, key: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh parameters (from one example of `batch`), optimiser state and EMA."""
     return training.init_state(key, batch, network=self.network, tx=self.tx,
-                               num_classes=self.num_classes)
+                               num_classes=self.num_classes,
+                               power_emas=len(self.power_ema_stds))
+
+  @property
+  def power_ema_gammas(self) -> tuple[float, ...]:
+    """The exponents of the tracked power-function EMAs (`core.posthoc_ema`)."""
+    return tuple(posthoc_ema.sigma_rel_to_gamma(s) for s in self.power_ema_stds)
+
+  def ema_snapshot(self, state: TrainState) -> tuple[Any, ...] | None:
+    """The power-function EMAs to save as a post-hoc snapshot (None: not tracked)."""
+    return state.extras["power_ema"] if self.power_ema_stds else None
 
   @property
   def train_settings(self) -> training.TrainSettings:
     return training.TrainSettings(num_classes=self.num_classes, class_dropout=self.class_dropout,
                                   ema_decay=self.ema_decay, ema_warmup=self.ema_warmup,
-                                  lr_schedule=self.lr_schedule)
+                                  lr_schedule=self.lr_schedule,
+                                  power_ema_gammas=self.power_ema_gammas)
 
   def sample_params(self, state: TrainState) -> Any:
     """The parameters to sample with: EMA ones if `use_ema`, else the trained ones."""

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from core import posthoc_ema
 from core.train_state import TrainState
 from ddpm import objectives
 from ddpm.schedules import Schedule
@@ -41,16 +42,20 @@ class TrainSettings:
     ema_decay, ema_warmup: see `core.train_state.ema_decay_at`.
     lr_schedule: the optimiser's learning rate at each update (the "lr"
       metric only; the optimiser holds its own).
+    power_ema_gammas: exponents of the power-function EMAs tracked beside
+      the EMA, in `state.extras["power_ema"]` (`core.posthoc_ema`); () = none.
   """
   num_classes: int = 0
   class_dropout: float = 0.0
   ema_decay: float = 0.9999
   ema_warmup: bool = False
   lr_schedule: Callable[[jax.Array], jax.Array] | None = None
+  power_ema_gammas: tuple[float, ...] = ()
 
 
 def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Module,
-               tx: optax.GradientTransformation, num_classes: int = 0) -> TrainState:
+               tx: optax.GradientTransformation, num_classes: int = 0,
+               power_emas: int = 0) -> TrainState:
   """Fresh parameters (from one example of `batch`), optimiser state and EMA.
 
   Args:
@@ -59,9 +64,11 @@ def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Modul
     network: the network (x_t [B, H, W, C], t [B] or None, label [B] or None).
     tx: the optimiser.
     num_classes: > 0 for class-conditional networks (they are built with a label).
+    power_emas: number of power-function EMAs to track (extras["power_ema"],
+      a tuple of parameter copies; their first update overwrites them).
 
   Returns:
-    TrainState with no extras.
+    TrainState; extras {} or {"power_ema": (...)}.
   """
   x = jnp.zeros((1,) + tuple(batch["image"].shape[1:]), jnp.float32)
   t = jnp.zeros((1,), jnp.int32)
@@ -71,7 +78,9 @@ def init_state(key: jax.Array, batch: dict[str, jax.Array], *, network: nn.Modul
   # to compile on CPU. The initial values may differ between backends.
   init_key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
   params = network.init({"params": init_key}, x, t, label, train=False)["params"]
-  return TrainState.create(params, tx)
+  extras = {"power_ema": tuple(jax.tree.map(jnp.copy, params) for _ in range(power_emas))
+            } if power_emas else None
+  return TrainState.create(params, tx, extras)
 
 
 def train_labels(key: jax.Array, batch: dict[str, jax.Array],
@@ -91,6 +100,10 @@ def update(state: TrainState, loss_fn: Callable[[Any], jax.Array], *,
   """One optimiser update on loss_fn(params); metrics "loss", "grad_norm", "lr"."""
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   new_state = state.apply_gradients(grads, tx, settings.ema_decay, settings.ema_warmup)
+  if settings.power_ema_gammas:
+    power = posthoc_ema.update(state.extras["power_ema"], new_state.params, state.step,
+                               settings.power_ema_gammas)
+    new_state = new_state.replace(extras={**new_state.extras, "power_ema": power})
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   if settings.lr_schedule is not None:
     metrics["lr"] = settings.lr_schedule(state.step) * state.lr_scale

@@ -119,6 +119,8 @@ def validate(config: ml_collections.ConfigDict):
   for key in ("train.log_every", "train.ckpt_every", "train.sample_every", "train.num_samples",
               "eval.nll_images"):
     check_int(key, _get(config, key), 0)
+  from launch import posthoc_ema
+  posthoc_ema.settings(config, task)
   if "restore_step" in config.train:
     check_int("train.restore_step", config.train.restore_step, -1)
   if not isinstance(config.train.time_budget_s, (int, float)) or config.train.time_budget_s < 0:

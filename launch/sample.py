@@ -99,6 +99,9 @@ def sample_to_workdir(config, workdir: str, task=None) -> epath.Path:
   sampling = {**run.task.describe_sampling(sample_kwargs), "label": config.sample.label,
               "weights": "ema" if run.task.use_ema else "raw", "step": step,
               "seed": int(config.seed)}
+  if run.task.use_ema and config.sample.ema_sigma_rel:   # the post-hoc EMA (launch.posthoc_ema)
+    sampling["ema_sigma_rel"] = float(config.sample.ema_sigma_rel)
+    options = dict(options, ema=float(config.sample.ema_sigma_rel))
   arrays = {"images": uint8, "sampling": np.array(json.dumps(sampling))}
   if labels is not None:
     arrays["labels"] = labels

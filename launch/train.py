@@ -34,6 +34,7 @@ from core import plots
 from launch import config as config_lib
 from launch import data as data_lib
 from launch import sample as sample_lib
+from launch import posthoc_ema as posthoc_lib
 from launch import sharding
 from launch import workdir as workdir_lib
 from launch import writers
@@ -179,6 +180,11 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
       logging.warning("Resuming from step %d: deleting the newer checkpoint %d.",
                       restore_from, newer)
       ckpt.delete(newer)
+  _, snapshot_every, _ = posthoc_lib.settings(config, task)
+  snapshots = posthoc_lib.Snapshots(workdir, async_save=True) if snapshot_every else None
+  if snapshots is not None:
+    snapshots.drop_after(int(jax.device_get(state.step)))
+  last_snapshot = [None]
   config_json = config_lib.to_json(config)
   if jax.process_index() == 0:  # only now: a failed restore leaves the workdir as it was
     (workdir / "config.json").write_text(config_json)
@@ -198,6 +204,11 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
 
   def save(at_step: int, force: bool = False):
     ckpt.save(at_step, state, config_json, restarts, force=force)
+
+  def snapshot(at_step: int):
+    if snapshots is not None and last_snapshot[0] != at_step:
+      snapshots.save(at_step, task.ema_snapshot(state), task.power_ema_stds)
+      last_snapshot[0] = at_step
 
   key = train_key()
   pending: list[tuple[int, dict]] = []
@@ -221,6 +232,8 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
       state, metrics = train_fn(state, sharding.global_batch(stacked, stacked_sharding), key)
       step += n
       pending.append((step, metrics))
+      if snapshot_every and step % snapshot_every == 0 and step < total:
+        snapshot(step)
 
       log_now = step % config.train.log_every == 0 if config.train.log_every else False
       ckpt_now = step % config.train.ckpt_every == 0 if config.train.ckpt_every else False
@@ -251,6 +264,10 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
                                                      jnp.float32))
           key = train_key()
           step = int(jax.device_get(state.step))
+          if snapshots is not None:
+            snapshots.wait()
+            snapshots.drop_after(step)
+            last_snapshot[0] = None
           batches = source.iterate(step)
           writer.write(step, {"guard_restart": restarts, "lr_scale": float(state.lr_scale)})
           continue
@@ -277,7 +294,10 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
                                f"The last good checkpoint (step {ckpt.latest_step()}) is kept.")
     if ckpt.latest_step() != step:
       save(step, force=True)
+    snapshot(step)   # where the run stops: the end, a time budget or a signal
     ckpt.wait()
+    if snapshots is not None:
+      snapshots.wait()
     if stop.signal is not None:
       logging.warning("Stopped by signal %d at step %d; checkpoint saved in %s.",
                       stop.signal, step, ckpt.directory)
@@ -294,6 +314,8 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
     writer.close()
     ckpt.wait()
     ckpt.close()
+    if snapshots is not None:
+      snapshots.close()
   return state
 
 

@@ -11,12 +11,15 @@ Every mode goes through here to get from a config or a workdir to a state:
       with, keys added to the code since then filled with their defaults;
   load_trained(workdir, config=None, device=None)   (run, state) of a trained
       workdir, restored straight onto `device` (one device: sampling,
-      evaluation, serving) or replicated over the mesh (default).
+      evaluation, serving) or replicated over the mesh (default); with
+      `sample.ema_sigma_rel` > 0 its EMA is the post-hoc one of that width
+      (`launch.posthoc_ema`).
 
 Workdir contract (see launch/train.py for what the loop writes):
   config.json           the resolved config of the latest start (written only
                         after the checkpoint was restored)
   checkpoints/<step>/   Orbax checkpoints (state, config, loop metadata)
+  ema_snapshots/<step>/ power-EMA snapshots for post-hoc EMA (launch/posthoc_ema.py)
 
 Reading never creates anything: a mode that loads a workdir without
 `checkpoints/` stops with one line before Orbax would create the folder.
@@ -238,4 +241,12 @@ def load_trained(workdir: str | os.PathLike, config=None, task=None, *,
     state, _ = restore(run, ckpt, restore_step(config))
   finally:
     ckpt.close()
+  sigma_rel = float(config.sample.get("ema_sigma_rel", 0.0))
+  if sigma_rel:   # the post-hoc EMA of that width replaces the state's EMA
+    from launch import posthoc_ema
+    step = int(jax.device_get(state.step))
+    params, _ = posthoc_ema.reconstruct(workdir, sigma_rel, step, state.ema_params)
+    placed = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
+                          params, state.ema_params)
+    state = state.replace(ema_params=placed)
   return run, state

@@ -155,6 +155,8 @@ def scored_grid_path(workdir, fields: dict) -> epath.Path:
   name = f"{fields['protocol']}_{fields['sampler']}{fields['steps']}"
   if fields.get("weights") == "raw":
     name += "_raw"
+  if fields.get("ema_sigma_rel"):
+    name += f"_ema{fields['ema_sigma_rel']:g}"
   return epath.Path(workdir) / "eval_samples" / f"{name}.png"
 
 
@@ -210,6 +212,8 @@ def _evaluate_generative(config, workdir, run, state) -> list[dict]:
               **task.describe_sampling({k: v for k, v in options.items() if k != "label"}),
               "weights": "ema" if use_ema else "raw", "step": step, "seed": int(config.seed),
               "uint8_roundtrip": True, **checked}
+    if use_ema and config.sample.ema_sigma_rel:   # the post-hoc EMA (launch.posthoc_ema)
+      fields["ema_sigma_rel"] = float(config.sample.ema_sigma_rel)
     save_scored_grid(workdir, fields, uint8)
     if labels is not None:
       fields["labels"] = "cycling 0..9"
@@ -341,6 +345,7 @@ def _evaluate_classifier(config, workdir, run, state) -> list[dict]:
 # Output.
 
 _TABLE_FIELDS = ("protocol", "sampler", "steps", "eta", "clip_x0", "guidance", "weights",
+                 "ema_sigma_rel",
                  "num_samples", "n", "num_examples", "reference_split", "reference_size",
                  "ood_set", "corrupted", "test_value", "ratio", "num_train", "step")
 

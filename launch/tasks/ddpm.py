@@ -45,6 +45,7 @@ from ddpm import samplers
 from ddpm import schedules
 from ddpm import task as task_lib
 from launch import data as data_lib
+from launch import posthoc_ema as posthoc_lib
 from launch.config_errors import (ConfigError, check_bool, check_choice, check_int,
                                   check_ints, check_range)
 from launch.tasks import common as common_lib
@@ -260,12 +261,16 @@ def build(config) -> task_lib.Task:
       use_ema=bool(config.sample.use_ema),
   )
   if config.task == "denoiser":
-    return task_lib.DenoiserTask(denoise_mix=float(config.diffusion.denoise_mix), **common)
+    return task_lib.DenoiserTask(power_ema_stds=posthoc_lib.check_stds(config),denoise_mix=float(config.diffusion.denoise_mix), **common)
   d = config.diffusion
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
                                      beta_end=d.beta_end, cosine_s=d.cosine_s,
                                      beta_reference_timesteps=d.beta_reference_timesteps)
+  stds = posthoc_lib.check_stds(config)
   if config.distill.teacher_workdir:
+    if stds:
+      raise ConfigError("optim.power_ema_stds", stds,
+                        reason="a distilled student tracks no power-function EMA")
     dc = config.distill
     return task_lib.DistillTask(
         schedule=schedule, objective=d.objective, min_snr_gamma=float(d.min_snr_gamma),
@@ -275,4 +280,4 @@ def build(config) -> task_lib.Task:
                                             solver=dc.solver),
         **common)
   return task_lib.DDPMTask(schedule=schedule, objective=d.objective,
-                  min_snr_gamma=float(d.min_snr_gamma), **common)
+                  min_snr_gamma=float(d.min_snr_gamma), power_ema_stds=stds, **common)
