@@ -184,7 +184,8 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
   snapshots = posthoc_lib.Snapshots(workdir, async_save=True) if snapshot_every else None
   if snapshots is not None:
     snapshots.drop_after(int(jax.device_get(state.step)))
-  last_snapshot = [None]
+  # the newest snapshot on disk (a finished run started again saves none)
+  last_snapshot = [max(snapshots.steps(), default=None) if snapshots is not None else None]
   config_json = config_lib.to_json(config)
   if jax.process_index() == 0:  # only now: a failed restore leaves the workdir as it was
     (workdir / "config.json").write_text(config_json)
@@ -267,7 +268,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
           if snapshots is not None:
             snapshots.wait()
             snapshots.drop_after(step)
-            last_snapshot[0] = None
+            last_snapshot[0] = max(snapshots.steps(), default=None)
           batches = source.iterate(step)
           writer.write(step, {"guard_restart": restarts, "lr_scale": float(state.lr_scale)})
           continue

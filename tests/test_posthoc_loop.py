@@ -136,3 +136,16 @@ def test_tasks_without_a_power_ema_refuse_it(spec):
   with pytest.raises(ConfigError, match=r"optim\.power_ema_stds.*power-function EMA"):
     config_lib.validate(config_lib.load(spec, {"optim.power_ema_stds": STDS,
                                                "train.ema_snapshot_every": 2}))
+
+
+def test_starting_a_finished_run_again_keeps_its_snapshots(runs, tmp_path):
+  import shutil
+  root, full, _, _ = runs
+  shutil.copytree(root / "full", tmp_path / "again")
+  before, (_, snaps) = _snapshots(tmp_path / "again")
+  state = train_lib.train_and_evaluate(_config(6), tmp_path / "again")
+  after, (_, again) = _snapshots(tmp_path / "again")
+  assert before == after == [2, 4, 6]
+  _assert_equal(state, full)
+  for (_, a), (_, b) in zip(snaps, again):
+    _assert_equal(a, b)
