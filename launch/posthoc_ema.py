@@ -10,11 +10,12 @@ steps, and at the step a run stops, into
 A resumed run first deletes the snapshots newer than the step it resumes
 from, so they always belong to the checkpointed trajectory.
 
-`sample.ema_sigma_rel = s > 0` makes every mode that loads a trained workdir
-(sample, evaluate, figures, serve, a distillation's teacher) sample with the
-average of relative width s at the restored step, reconstructed from those
-snapshots (`core.posthoc_ema.reconstruct`) in place of the state's EMA. So an
-EMA length is swept after training, without retraining:
+`sample.ema_sigma_rel = s > 0` in the config a mode loads a trained workdir
+with (`launch.workdir.load_trained`: sample, evaluate and figures take it on
+the command line; the server from the model's experiment config) samples
+with the average of relative width s at the restored step, reconstructed
+from those snapshots (`core.posthoc_ema.reconstruct`) in place of the
+state's EMA. So an EMA length is swept after training, without retraining:
 
   python -m launch --mode evaluate --config.sample.ema_sigma_rel=0.07 --workdir runs/X
 """
