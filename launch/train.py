@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
   if snapshots is not None:
     snapshots.drop_after(int(jax.device_get(state.step)))
   # the newest snapshot on disk (a finished run started again saves none)
-  last_snapshot = [max(snapshots.steps(), default=None) if snapshots is not None else None]
+  last_snapshot = max(snapshots.steps(), default=None) if snapshots is not None else None
   config_json = config_lib.to_json(config)
   if jax.process_index() == 0:  # only now: a failed restore leaves the workdir as it was
     (workdir / "config.json").write_text(config_json)
@@ -207,9 +207,10 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
     ckpt.save(at_step, state, config_json, restarts, force=force)
 
   def snapshot(at_step: int):
-    if snapshots is not None and last_snapshot[0] != at_step:
+    nonlocal last_snapshot
+    if snapshots is not None and last_snapshot != at_step:
       snapshots.save(at_step, task.ema_snapshot(state), task.power_ema_stds)
-      last_snapshot[0] = at_step
+      last_snapshot = at_step
 
   key = train_key()
   pending: list[tuple[int, dict]] = []
@@ -268,7 +269,7 @@ def train_and_evaluate(config, workdir: str, task=None) -> Any:
           if snapshots is not None:
             snapshots.wait()
             snapshots.drop_after(step)
-            last_snapshot[0] = max(snapshots.steps(), default=None)
+            last_snapshot = max(snapshots.steps(), default=None)
           batches = source.iterate(step)
           writer.write(step, {"guard_restart": restarts, "lr_scale": float(state.lr_scale)})
           continue

@@ -246,7 +246,6 @@ def load_trained(workdir: str | os.PathLike, config=None, task=None, *,
     from launch import posthoc_ema
     step = int(jax.device_get(state.step))
     params, _ = posthoc_ema.reconstruct(workdir, sigma_rel, step, state.ema_params)
-    placed = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
-                          params, state.ema_params)
-    state = state.replace(ema_params=placed)
+    state = state.replace(ema_params=jax.tree.map(
+        lambda new, old: jax.device_put(new, old.sharding), params, state.ema_params))
   return run, state

@@ -100,8 +100,7 @@ def test_reconstruction_matches_an_average_tracked_directly():
     got, coefs = posthoc_ema.reconstruct(snaps, tracked, sigma)
     assert coefs.sum() == pytest.approx(1.0, abs=0.02)
     # the error of the reconstruction is small next to how far the averages differ
-    err = np.linalg.norm(got[0] - direct[0]) if isinstance(got, list) else np.linalg.norm(
-        got - direct[0])
+    err = np.linalg.norm(got - direct[0])
     other = np.linalg.norm(snaps[-1][1][1] - direct[0])  # the sigma 0.10 snapshot itself
     assert err < 0.1 * other, (sigma, err, other)
   # at an earlier step: only the snapshots up to it are used

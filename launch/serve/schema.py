@@ -122,7 +122,8 @@ class Limits:
                         reason="must be at most 64 increasing integers >= 1")
     values["step_choices"] = choices
     for key, lo in (("devices", 0), ("max_langevin_steps", 1), ("queue_size", 1),
-                    ("max_body_bytes", 256), ("max_programs", 0), ("max_connections", 1), ("max_requests", 1),
+                    ("max_body_bytes", 256), ("max_programs", 0), ("max_connections", 1),
+                    ("max_requests", 1),
                     ("max_header_bytes", 1024), ("max_upload_bytes", 1024),
                     ("max_image_pixels", 1), ("max_examples", 0)):
       v = values.get(key, getattr(cls, key))

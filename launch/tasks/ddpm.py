@@ -260,17 +260,15 @@ def build(config) -> task_lib.Task:
       spec=spec,
       use_ema=bool(config.sample.use_ema),
   )
+  stds = posthoc_lib.check_stds(config)   # a student has none (launch.posthoc_ema.settings)
   if config.task == "denoiser":
-    return task_lib.DenoiserTask(power_ema_stds=posthoc_lib.check_stds(config),denoise_mix=float(config.diffusion.denoise_mix), **common)
+    return task_lib.DenoiserTask(denoise_mix=float(config.diffusion.denoise_mix),
+                                 power_ema_stds=stds, **common)
   d = config.diffusion
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps, beta_start=d.beta_start,
                                      beta_end=d.beta_end, cosine_s=d.cosine_s,
                                      beta_reference_timesteps=d.beta_reference_timesteps)
-  stds = posthoc_lib.check_stds(config)
   if config.distill.teacher_workdir:
-    if stds:
-      raise ConfigError("optim.power_ema_stds", stds,
-                        reason="a distilled student tracks no power-function EMA")
     dc = config.distill
     return task_lib.DistillTask(
         schedule=schedule, objective=d.objective, min_snr_gamma=float(d.min_snr_gamma),
