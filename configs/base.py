@@ -78,6 +78,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.diffusion.cosine_s = 0.008         # cosine schedule offset s (Nichol & Dhariwal)
   c.diffusion.objective = "eps"        # eps | x0 | v
   c.diffusion.min_snr_gamma = 0.0      # > 0: min-SNR-gamma loss weights (Hang et al. 2023); 0 = simple loss
+  c.diffusion.t_sampling = "uniform"   # uniform | importance: t drawn in proportion to the loss weights (same loss)
   c.diffusion.class_dropout = 0.0      # label dropout for classifier-free guidance
   c.diffusion.denoise_mix = 0.5        # denoiser task: x_in = (1-m) x0 + m eps
 

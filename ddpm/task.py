@@ -179,17 +179,20 @@ class DDPMTask(Task):
     schedule: the noise schedule (T = schedule.num_timesteps).
     objective: "eps", "x0" or "v".
     min_snr_gamma: min-SNR-gamma loss weighting (0 = the simple loss).
+    t_sampling: "uniform" or "importance" (`objectives.sample_timesteps`).
   """
   schedule: schedules.Schedule
   objective: str
   min_snr_gamma: float = 0.0
+  t_sampling: str = "uniform"
 
   def train_step(self, state: TrainState, batch: dict[str, jax.Array],
                  key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update on the simple loss (Algorithm 1): `ddpm.training.train_step`."""
     return training.train_step(state, batch, key, network=self.network, tx=self.tx,
                                schedule=self.schedule, objective=self.objective,
-                               settings=self.train_settings, min_snr_gamma=self.min_snr_gamma)
+                               settings=self.train_settings, min_snr_gamma=self.min_snr_gamma,
+                               t_sampling=self.t_sampling)
 
   def eps_fn(self, params: Any, label: jax.Array | None = None,
              guidance: float | jax.Array = 1.0) -> samplers.EpsFn:

@@ -112,7 +112,8 @@ def update(state: TrainState, loss_fn: Callable[[Any], jax.Array], *,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
                network: nn.Module, tx: optax.GradientTransformation, schedule: Schedule,
-               objective: str, settings: TrainSettings, min_snr_gamma: float = 0.0
+               objective: str, settings: TrainSettings, min_snr_gamma: float = 0.0,
+               t_sampling: str = "uniform"
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on the simple loss (Algorithm 1) of `batch`.
 
@@ -127,6 +128,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
     settings: the update's hyperparameters.
     min_snr_gamma: > 0 weights the loss by min-SNR-gamma
       (`objectives.min_snr_weight`); 0 = the simple loss.
+    t_sampling: how t is drawn (`objectives.sample_timesteps`).
 
   Returns:
     (new state, {"loss", "grad_norm", "lr"} float32 scalars).
@@ -141,7 +143,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, *
       return network.apply({"params": params}, x_t, t, label, train=True,
                            rngs={"dropout": k_dropout})
     return objectives.diffusion_loss(model_fn, schedule, x0, k_loss, objective=objective,
-                                     min_snr_gamma=min_snr_gamma)
+                                     min_snr_gamma=min_snr_gamma, t_sampling=t_sampling)
 
   return update(state, loss_fn, tx=tx, settings=settings)
 

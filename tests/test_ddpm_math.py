@@ -252,3 +252,52 @@ def test_min_snr_loss_is_the_weighted_mean_of_per_example_errors():
   np.testing.assert_allclose(got, np.mean(err * np.minimum(snr, 5.0) / snr), rtol=1e-4)
   plain = objectives.diffusion_loss(model_fn, sched, x0, key, objective="eps")
   np.testing.assert_allclose(plain, np.mean(err), rtol=1e-4)
+
+
+def _min_snr_v_weights_float64(gamma: float) -> np.ndarray:
+  """min(SNR, gamma) / (SNR + 1) for the linear schedule, in float64."""
+  a_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+  snr = a_bar / (1.0 - a_bar)
+  return np.minimum(snr, gamma) / (snr + 1.0)
+
+
+def test_importance_timesteps_follow_the_loss_weights():
+  sched = schedules.make_schedule("linear", 1000)
+  w = _min_snr_v_weights_float64(5.0)
+  np.testing.assert_allclose(objectives.timestep_weights("v", sched, 5.0), w, rtol=1e-3)  # float32 1 - abar
+  t, factor = objectives.sample_timesteps(jax.random.key(0), 400_000,
+                                          objectives.timestep_weights("v", sched, 5.0),
+                                          "importance")
+  # the factor is mean_s w(s) for every draw, so p(t) factor = w(t) / T
+  np.testing.assert_allclose(factor, np.full(400_000, w.mean()), rtol=1e-5)
+  # histogram over 20 bins of t against sum_t w(t) / sum w, within 5 standard errors
+  edges = np.arange(0, 1001, 50)
+  counts = np.histogram(np.asarray(t), edges)[0]
+  p_bin = np.add.reduceat(w, edges[:-1]) / w.sum()
+  se = np.sqrt(400_000 * p_bin * (1 - p_bin))
+  assert np.all(np.abs(counts - 400_000 * p_bin) <= 5 * se + 1), (counts, 400_000 * p_bin)
+  # the weights are small at high noise: ~40% of uniform draws lie where p is tiny
+  assert p_bin[12:].sum() < 0.03 and (edges[12] / 1000) == 0.6
+
+
+def test_importance_sampled_loss_has_the_uniform_loss_expectation_and_less_variance():
+  """Both estimators against the closed-form expectation (1/T) sum_t w(t) E[err(t)]
+  for the predictor 0.5 x_t, the v objective and min-SNR-5 (w = min(SNR, 5) / (SNR + 1)):
+  0.5 x_t - v = (0.5 sqrt(abar) + sqrt(1 - abar)) x0 + (0.5 sqrt(1 - abar) - sqrt(abar)) eps."""
+  sched = schedules.make_schedule("linear", 1000)
+  x0 = jnp.tile(jnp.array([[[[0.8]], [[-0.6]]]]), (512, 1, 1, 1))        # [512, 2, 1, 1]
+  model_fn = lambda x_t, t: 0.5 * x_t
+  a_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+  w = _min_snr_v_weights_float64(5.0)
+  e_err = ((0.5 * np.sqrt(a_bar) + np.sqrt(1 - a_bar)) ** 2 * np.mean(np.array([0.8, -0.6]) ** 2)
+           + (0.5 * np.sqrt(1 - a_bar) - np.sqrt(a_bar)) ** 2)
+  want = np.mean(w * e_err)
+  est = {}
+  for mode in objectives.T_SAMPLINGS:
+    loss = jax.jit(jax.vmap(lambda k: objectives.diffusion_loss(
+        model_fn, sched, x0, k, objective="v", min_snr_gamma=5.0, t_sampling=mode)))
+    est[mode] = np.asarray(loss(jax.random.split(jax.random.key(3), 400)), np.float64)
+  for mode, values in est.items():
+    se = values.std() / np.sqrt(len(values))
+    assert abs(values.mean() - want) < 4 * se, (mode, values.mean(), want, se)
+  assert est["importance"].std() < 0.5 * est["uniform"].std(), {k: v.std() for k, v in est.items()}

@@ -107,6 +107,7 @@ def test_image_shape_helper():
     ("denoiser_fashion_mnist", "model.name", "unet_small"),
     ("ddpm_fashion_mnist", "diffusion.schedule", "quadratic"),
     ("ddpm_fashion_mnist", "diffusion.objective", "score"),
+    ("ddpm_fashion_mnist", "diffusion.t_sampling", "lognormal"),
     ("ddpm_fashion_mnist", "sample.sampler", "euler"),
     ("ddpm_fashion_mnist", "sample.variance", "large"),
     ("ddpm_fashion_mnist", "sample.spacing", "cubic"),

@@ -165,6 +165,7 @@ def validate(config) -> samplers.SamplingSpec:
     check_range("diffusion.cosine_s", d.cosine_s, 0.0, None, lo_open=True)
     check_choice("diffusion.objective", d.objective, objectives.OBJECTIVES)
     check_range("diffusion.min_snr_gamma", d.min_snr_gamma, 0.0, None)
+    check_choice("diffusion.t_sampling", d.t_sampling, objectives.T_SAMPLINGS)
     distilled = _validate_distill(config)
     spec = spec_from_config(config, num_classes, null_label, d.num_timesteps, distilled)
   else:
@@ -278,4 +279,5 @@ def build(config) -> task_lib.Task:
                                             solver=dc.solver),
         **common)
   return task_lib.DDPMTask(schedule=schedule, objective=d.objective,
-                  min_snr_gamma=float(d.min_snr_gamma), power_ema_stds=stds, **common)
+                  min_snr_gamma=float(d.min_snr_gamma), t_sampling=d.t_sampling,
+                  power_ema_stds=stds, **common)
