@@ -37,6 +37,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "Devices to split the CPU into when running on CPU (0 = 2 when the "
     "machine has at least 2 cores: measured faster than 1 for the train step).")
+_XLA_CPU_DEFAULTS = flags.DEFINE_bool(
+    "xla_cpu_defaults", True, "Add the project's XLA:CPU options (launch/xla_cpu.py) to "
+    "XLA_FLAGS where XLA_FLAGS does not set them; --noxla_cpu_defaults: XLA's own defaults.")
 
 # mode -> "module:function(config, workdir)"
 MODES = {
@@ -51,6 +54,9 @@ MODES = {
 
 
 def _setup_jax() -> None:
+  if _XLA_CPU_DEFAULTS.value:
+    from launch import xla_cpu
+    xla_cpu.apply()            # before JAX creates its CPU client
   import jax
   cpu_devices = _CPU_DEVICES.value or (2 if (os.cpu_count() or 1) >= 2 else 1)
   jax.config.update("jax_num_cpu_devices", cpu_devices)

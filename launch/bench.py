@@ -439,6 +439,7 @@ def _env_record(config, mesh) -> dict[str, Any]:
       "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
       "process_count": jax.process_count(), "jax": jax.__version__,
       "python": platform.python_version(), "cpu": cpu, "os_cpus": os.cpu_count(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "usable_cpus": bench_peer.usable_cpus(),
       "loadavg_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
       "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -7,6 +7,10 @@ import pathlib
 
 import jax
 
+from launch import xla_cpu
+
+xla_cpu.apply()   # the launcher's XLA:CPU options, set before JAX starts its CPU client
+
 _CACHE = pathlib.Path(os.environ.get(
     "JAX_TEST_CACHE", pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
 
