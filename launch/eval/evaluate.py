@@ -94,6 +94,7 @@ from launch.eval.scores import (CLASSIFIER_COMMAND, INDEPENDENT_COMMAND,
                                  nearest_train, real_data_floor)
 from launch import tasks
 from launch import workdir as workdir_lib
+from launch import xla_cpu
 
 # The comparison sampler of every DDPM evaluation (steps capped at T).
 PINNED_SAMPLER = {"sampler": "ddim", "steps": 100, "eta": 0.0, "clip_x0": True,
@@ -540,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="refuse a feature network with a lower test accuracy "
                       "(as config.eval.min_classifier_accuracy; 0 = score anyway)")
   args = parser.parse_args(argv)
+  xla_cpu.apply()   # as python -m launch does (launch/xla_cpu.py); no effect once JAX has started
   try:
     records = evaluate_npz(args.npz, args.classifier_workdir, split=args.split,
                            dataset=args.dataset, key=args.key, data_dir=args.data_dir,

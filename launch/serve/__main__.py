@@ -5,6 +5,7 @@ from absl import app as absl_app
 from absl import flags
 from ml_collections import config_flags
 
+from launch import xla_cpu
 from launch.serve import app
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -12,4 +13,5 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.mark_flag_as_required("config")
 
 if __name__ == "__main__":
+  xla_cpu.apply()   # the launcher's XLA:CPU options (launch/xla_cpu.py), before JAX starts
   absl_app.run(lambda argv: sys.exit(app.main(argv, _CONFIG.value)))
