@@ -210,18 +210,11 @@ def diffusion_loss(model_fn: Callable[[jax.Array, jax.Array], jax.Array], schedu
     Scalar float32 loss (mean over every pixel of the batch).
   """
   k_t, k_eps = jax.random.split(key)
-  if t_sampling == "uniform" and min_snr_gamma <= 0:   # Algorithm 1 as written
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
-    factor = None
-  else:
-    t, factor = sample_timesteps(k_t, x0.shape[0],
-                                 timestep_weights(objective, schedule, min_snr_gamma),
-                                 t_sampling)
+  t, factor = sample_timesteps(k_t, x0.shape[0],
+                               timestep_weights(objective, schedule, min_snr_gamma), t_sampling)
   eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
   x_t = schedules.q_sample(schedule, x0, t, eps)
   out = model_fn(x_t, t).astype(jnp.float32)
   err = jnp.mean(jnp.square(out - target(objective, schedule, x0, t, eps)),
                  axis=tuple(range(1, x0.ndim)))
-  if factor is not None:
-    err = err * factor
-  return jnp.mean(err)
+  return jnp.mean(err * factor)   # factor 1 for the simple loss: the same bits
