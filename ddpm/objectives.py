@@ -180,7 +180,13 @@ def sample_timesteps(key: jax.Array, batch: int, weights: jax.Array, t_sampling:
     t = jax.random.randint(key, (batch,), 0, num)
     return t, weights[t]
   if t_sampling == "importance":
-    t = jax.random.categorical(key, jnp.log(weights), shape=(batch,)).astype(jnp.int32)
+    # inverse CDF: t = #{s : cdf(s) <= u}, u ~ U[0, 1); cdf[-1] is exactly 1 and a
+    # zero-weight t (cdf(t) = cdf(t - 1)) is never drawn. O(B log T), where a
+    # Gumbel-max draw (`jax.random.categorical`) would draw B x T Gumbel variates.
+    cdf = jnp.cumsum(weights)
+    cdf = cdf / cdf[-1]
+    u = jax.random.uniform(key, (batch,))
+    t = jnp.searchsorted(cdf, u, side="right").astype(jnp.int32)
     return t, jnp.broadcast_to(jnp.mean(weights), (batch,))
   raise ValueError(f"unknown t_sampling {t_sampling!r}; allowed: {T_SAMPLINGS}")
 

@@ -278,6 +278,11 @@ def test_importance_timesteps_follow_the_loss_weights():
   assert np.all(np.abs(counts - 400_000 * p_bin) <= 5 * se + 1), (counts, 400_000 * p_bin)
   # the weights are small at high noise: ~40% of uniform draws lie where p is tiny
   assert p_bin[12:].sum() < 0.03 and (edges[12] / 1000) == 0.6
+  # zero weights are never drawn, the first and last included
+  t, _ = objectives.sample_timesteps(jax.random.key(1), 40_000, jnp.array([0., 1., 0., 3., 0.]),
+                                     "importance")
+  counts = np.bincount(np.asarray(t), minlength=5)
+  assert counts[[0, 2, 4]].sum() == 0 and abs(counts[3] - 30_000) < 5 * np.sqrt(40_000 * 0.1875)
 
 
 def test_importance_sampled_loss_has_the_uniform_loss_expectation_and_less_variance():
