@@ -74,15 +74,17 @@ sample: setup
 demo: train sample
 
 # The default suite in TEST_WORKERS processes (pytest-xdist, whole modules per
-# worker so module fixtures are built once); the slow suite (load tests,
-# timings) runs alone, in one process.
+# worker so module fixtures are built once); the slow suite the same way, except
+# the server under load (marker `quiet`: its latency and memory figures),
+# which runs last, alone, in one process.
 TEST_WORKERS ?= 2
 
 test: setup-test data browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test-slow: setup-test data browser
-	$(PY) -m pytest -q -m slow --durations=10
+	$(PY) -m pytest -q -m "slow and not quiet" -n $(TEST_WORKERS) --dist loadfile --durations=10
+	$(PY) -m pytest -q -m "slow and quiet" --durations=10
 
 clean:
 	rm -rf $(VENV) .jax_cache

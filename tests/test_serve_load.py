@@ -20,7 +20,7 @@ import pytest
 from launch.serve import load as serve_load
 from helpers import ROOT, free_port, running_server, serve_config_file, write_workdir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quiet]  # latency and memory figures: alone on the cores
 
 REQUESTS = int(os.environ.get("SERVE_LOAD_REQUESTS", "200"))
 MEASURE = int(os.environ.get("SERVE_LOAD_MEASURE", "40"))
